@@ -1,0 +1,1 @@
+"""Subcommands of the `onlineanyseg` CLI; each module has `register(subparsers)`."""

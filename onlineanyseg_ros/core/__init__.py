@@ -1,0 +1,1 @@
+"""ROS-free core of the method: types, config, voxel hash, lifting, mask graph, segmenter."""

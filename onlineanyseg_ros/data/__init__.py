@@ -1,0 +1,1 @@
+"""ROS-free datasets: ScanNet-format sequences, synthetic scenes, rosbag2 files."""

@@ -1,0 +1,1 @@
+"""ROS-free 2D side: mask generators and the CLIP embedder."""

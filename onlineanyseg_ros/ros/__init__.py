@@ -1,0 +1,1 @@
+"""rclpy side: nodes, message conversions, parameters, QoS and the frame queue."""
