@@ -132,6 +132,10 @@ class SegmenterConfig:
     descriptor: str = spec('fpfh', 'Geometric descriptor of the stage-1 score: fpfh (weight-free, '
                            'on the device), fcgf (learned, needs weights) or none.',
                            choices=('fpfh', 'fcgf', 'none'))
+    descriptor_radius_m: float = spec(0.075, 'Neighbourhood radius of the FPFH descriptor.',
+                                      0.01, 1.0)
+    fcgf_weights_path: str = spec('', 'FCGF checkpoint (ResUNetBN2C-16feat-3conv.pth) for the '
+                                  'fcgf descriptor.')
     descriptor_min_points: int = spec(50, 'Surface points a mask needs for a geometric '
                                       'descriptor (masks without one cannot merge).', 1, 10 ** 7)
     refresh_containment: bool = spec(True, 'Recompute containment between surviving masks at '
@@ -142,9 +146,6 @@ class SegmenterConfig:
                                           '(largest component kept).', 0.0, 10.0)
     export_min_points_final: int = spec(200, 'An exported instance needs more points than this.',
                                         0, 10 ** 9)
-    export_unique_assignment: bool = spec(True, 'Give each surface point to the smallest '
-                                          'instance that covers it (the reference keeps '
-                                          'overlaps).')
 
     def __post_init__(self) -> None:
         """Check every field's type and range, then cross-field rules."""
@@ -155,4 +156,36 @@ class SegmenterConfig:
 
 def reference_config() -> SegmenterConfig:
     """Thresholds and behaviour of the published reference implementation."""
-    return SegmenterConfig(refresh_containment=False, export_unique_assignment=False)
+    return SegmenterConfig(refresh_containment=False)
+
+
+PROFILES = ('default', 'reference')
+
+
+def segmenter_config(profile: str = 'default',
+                     overrides: Optional[Dict[str, Any]] = None) -> SegmenterConfig:
+    """Return the ``profile``'s SegmenterConfig with ``overrides`` applied (names checked)."""
+    if profile not in PROFILES:
+        raise ValueError(f'profile must be one of {list(PROFILES)}, got {profile!r}')
+    base = reference_config() if profile == 'reference' else SegmenterConfig()
+    return config_from_dict(SegmenterConfig, overrides, base=base)
+
+
+def segmenter_overrides_from_yaml(path: str) -> Dict[str, Any]:
+    """Read SegmenterConfig overrides from YAML.
+
+    Accepts a flat ``{field: value}`` mapping, or a ROS 2 parameter file, whose
+    ``<node>: ros__parameters: segmenter.<field>`` entries are used (any node key, e.g.
+    ``/**/segmentation_node``).
+    """
+    import yaml
+    with open(path) as handle:
+        document = yaml.safe_load(handle) or {}
+    if not isinstance(document, dict):
+        raise ValueError(f'{path}: expected a mapping at the top level')
+    parameter_sets = [values['ros__parameters'] or {} for values in document.values()
+                      if isinstance(values, dict) and 'ros__parameters' in values]
+    if not parameter_sets:
+        return dict(document)
+    return {key[len('segmenter.'):]: value for parameters in parameter_sets
+            for key, value in parameters.items() if key.startswith('segmenter.')}

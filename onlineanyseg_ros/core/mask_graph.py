@@ -1,0 +1,638 @@
+"""Mask graph on the device: merged masks over voxel slots, containment and merge rounds.
+
+Implements method.md 3.4-3.6 and 4.2-4.7 on tensors. Voxels are int64 *slots* of a shared,
+append-only slot space (core.voxel_hash) that grows between calls; this module never sees
+coordinates. State (all on ``device``):
+
+- observation bitset ``obs[slot, word]`` int64: bit ``f % 63`` of word ``f // 63`` is set
+  when an accepted mask of insertion ``f`` covered the slot before boundary removal; rows
+  and words grow by doubling (bit 63, the sign bit, stays unused so bit rows pack by sum);
+- merged-level incidence: deduplicated ``(merged id, slot)`` pairs sorted by id (a CSR
+  ``mask -> slots``) plus the same pairs sorted by slot (the join ``slot -> merged ids``);
+- per merged mask: weight, summed semantic vector, frame bitset, geometric descriptor and
+  its flag, creation insertion, first member insertion, summed 2D score;
+- dense containment ``C[a, b]`` ("a contains b") with capacity doubling;
+- ``merged_of_raw``: raw id (append-only, one per inserted mask) -> merged id, -1 = removed.
+
+Host syncs happen only where a size must be known: the largest inserted slot (to grow the
+bitset), the lengths of joined index lists (``repeat_interleave`` output sizes), the
+number of overlapping pairs, the chunk bounds of the visibility gather, and (merge rounds
+only) the merge decisions.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from onlineanyseg_ros.core import merging
+from onlineanyseg_ros.core.config import SegmenterConfig
+
+BITS_PER_WORD = 63
+_KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
+_SLOT_MASK = (1 << _KEY_SHIFT) - 1
+_VISIBILITY_CHUNK_WORDS = 1 << 22  # bounds the temporary memory of one visibility gather
+
+
+def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
+                     total: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Enumerate segments ``[starts[i], starts[i] + lengths[i])`` as flat int64 ``(total,)``.
+
+    Returns ``(owner, position)``: the segment index and the position of every element.
+    """
+    device = starts.device
+    owner = torch.repeat_interleave(torch.arange(starts.numel(), device=device), lengths,
+                                    output_size=total)
+    shift = starts - (torch.cumsum(lengths, 0) - lengths)
+    return owner, torch.arange(total, device=device) + shift[owner]
+
+
+def _unpack_bits(words: torch.Tensor) -> torch.Tensor:
+    """Unpack int64 ``(n, W)`` frame words to uint8 ``(n, W * 63)`` bits, frame order."""
+    shifts = torch.arange(BITS_PER_WORD, device=words.device)
+    return ((words[:, :, None] >> shifts) & 1).to(torch.uint8).flatten(1)
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack bool/uint8 ``(n, W * 63)`` bits into int64 ``(n, W)`` words."""
+    shifts = torch.arange(BITS_PER_WORD, device=bits.device)
+    return (bits.view(bits.shape[0], -1, BITS_PER_WORD).to(torch.int64) << shifts).sum(-1)
+
+
+class MaskGraph:
+    """Merged 3D masks over voxel slots with containment, merging and pruning (torch only)."""
+
+    def __init__(self, config: SegmenterConfig, device='cpu') -> None:
+        """Create an empty graph for ``config`` on ``device`` (torch device or string)."""
+        self.config = config
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every mask, observation and counter."""
+        self._num_insertions = 0
+        self._merge_time = 0
+        self._validity_level = 0  # merge_time used by the last validity computation
+        self._num_merged = 0
+        self._obs = self._long((0, 1))
+        self._frames = self._long((0, 1))
+        self._weights = self._long(0)
+        self._created = self._long(0)
+        self._first_frame = self._long(0)
+        self._score_sum = torch.zeros(0, device=self.device)
+        self._features: Optional[torch.Tensor] = None
+        self._descriptors: Optional[torch.Tensor] = None
+        self._has_descriptor = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self._merged_of_raw = self._long(0)
+        self._containment = torch.zeros((0, 0), device=self.device)
+        self._set_incidence(self._long(0), self._long(0))
+
+    # ----------------------------------------------------------------- read-only state
+
+    @property
+    def num_merged(self) -> int:
+        """Number of current merged masks ``M``."""
+        return self._num_merged
+
+    @property
+    def num_insertions(self) -> int:
+        """Number of ``insert_frame`` calls so far (the next seg-frame index)."""
+        return self._num_insertions
+
+    @property
+    def merge_time(self) -> int:
+        """Number of stage-1 merges that merged something."""
+        return self._merge_time
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Int64 ``(M,)``: raw masks merged into each merged mask."""
+        return self._weights
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Bool ``(M,)``: the weight reaches the validity threshold of the last merge.
+
+        The threshold is ``min(merge_time + 2, valid_weight_cap)`` with the merge_time that
+        the last merging call saw (method.md 4.5 step 8).
+        """
+        return merging.validity(self._weights, self._validity_level,
+                                self.config.valid_weight_cap)
+
+    @property
+    def features(self) -> Optional[torch.Tensor]:
+        """Float32 ``(M, D)`` summed unit semantic vectors, or None when none were given."""
+        return self._features
+
+    @property
+    def descriptors(self) -> Optional[torch.Tensor]:
+        """Float32 ``(M, Dg)`` mean geometric descriptor per mask (zero rows: none), or None."""
+        return self._descriptors
+
+    @property
+    def has_descriptor(self) -> torch.Tensor:
+        """Bool ``(M,)``: the mask had enough surface points for a descriptor once."""
+        return self._has_descriptor
+
+    @property
+    def merged_of_raw(self) -> torch.Tensor:
+        """Int64 ``(R,)``: merged id of every raw mask ever inserted, -1 when pruned."""
+        return self._merged_of_raw
+
+    @property
+    def voxel_counts(self) -> torch.Tensor:
+        """Int64 ``(M,)``: voxel slots per merged mask."""
+        return self._voxel_counts
+
+    @property
+    def containment(self) -> torch.Tensor:
+        """Float32 ``(M, M)`` view of ``C``: ``C[a, b]`` = share of b's visible voxels in a."""
+        return self._containment[:self._num_merged, :self._num_merged]
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Float32 ``(M,)`` instance score in ``[0, 1]`` for AP ranking.
+
+        ``min(w / valid_weight_cap, 1) * (0.5 + 0.5 * observed_share) * mean_score``: support
+        by raw masks, the share of insertions since the first member that segmented the
+        mask (frames in its bitset over insertions since), and the mean 2D mask score
+        (1 when scores were not given).
+        """
+        weights = self._weights.to(torch.float32)
+        weight_term = (weights / self.config.valid_weight_cap).clamp_max(1.0)
+        span = (self._num_insertions - self._first_frame).clamp_min(1).to(torch.float32)
+        seen = _unpack_bits(self._frames).sum(1).to(torch.float32)
+        observed_share = (seen / span).clamp_max(1.0)
+        mean_score = (self._score_sum / weights.clamp_min(1.0)).clamp(0.0, 1.0)
+        return weight_term * (0.5 + 0.5 * observed_share) * mean_score
+
+    def stable_ids(self) -> torch.Tensor:
+        """Int64 ``(M,)`` id of each merged mask that survives merges and renumbering.
+
+        The id is the oldest raw mask id among the members: a merge keeps the id of its
+        oldest member, so an instance's id (and its marker and colour) stays put while it
+        grows.
+        """
+        ids = torch.full((self._num_merged,), torch.iinfo(torch.int64).max,
+                         dtype=torch.int64, device=self.device)
+        members = self._merged_of_raw >= 0
+        raw_ids = torch.arange(self._merged_of_raw.numel(), device=self.device)
+        ids.scatter_reduce_(0, self._merged_of_raw[members], raw_ids[members], reduce='amin')
+        return ids
+
+    def membership(self, point_slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return every ``(point index, merged id)`` whose merged voxel set holds the slot.
+
+        Args:
+            point_slots: int64 ``(P,)`` slots (any value; unknown slots match nothing).
+
+        Returns:
+            Two int64 ``(E,)`` tensors, ordered by point index then merged id.
+
+        """
+        return self._join(point_slots.to(self.device))
+
+    # ----------------------------------------------------------------- insertion
+
+    def insert_frame(self, observed_slots: torch.Tensor, mask_slots: torch.Tensor,
+                     mask_offsets: torch.Tensor, features: Optional[torch.Tensor] = None,
+                     scores: Optional[torch.Tensor] = None) -> None:
+        """Insert one frame's accepted masks as new merged masks (method.md 4.2 steps 3-4).
+
+        Args:
+            observed_slots: int64 ``(n,)`` slots covered by any lifted mask of the frame
+                before boundary removal (the observation set; duplicates allowed).
+            mask_slots: int64 ``(sum k_i,)`` slots of the k accepted masks after boundary
+                removal, mask i at ``mask_slots[mask_offsets[i]:mask_offsets[i + 1]]``.
+            mask_offsets: int64 ``(k + 1,)`` non-decreasing, starting at 0.
+            features: float32 ``(k, D)`` unit semantic vectors, or None.
+            scores: float32 ``(k,)`` 2D mask scores in ``[0, 1]``, or None (treated as 1).
+
+        """
+        observed_slots, mask_slots, mask_offsets = (
+            t.to(self.device) for t in (observed_slots, mask_slots, mask_offsets))
+        num_masks = self._check_frame(observed_slots, mask_slots, mask_offsets, features,
+                                      scores)
+        frame = self._num_insertions
+        # Mask voxels are observed by definition; adding them keeps vis >= overlap.
+        self._mark_observed(torch.cat([observed_slots, mask_slots]), frame)
+        existing = self._num_merged
+        if num_masks:
+            self._append_masks(mask_slots, mask_offsets, features, scores, frame)
+            if existing:
+                new_ids = torch.arange(existing, existing + num_masks, device=self.device)
+                self._update_containment(new_ids, target_limit=existing, query_frame=frame)
+        self._num_insertions += 1
+
+    def _check_frame(self, observed_slots, mask_slots, mask_offsets, features, scores) -> int:
+        """Validate the shapes and dtypes of one frame and return its mask count."""
+        for name, value in (('observed_slots', observed_slots), ('mask_slots', mask_slots),
+                            ('mask_offsets', mask_offsets)):
+            if value.ndim != 1 or value.dtype != torch.int64:
+                raise ValueError(f'{name} must be a 1-D int64 tensor, got {value.dtype} '
+                                 f'{tuple(value.shape)}')
+        num_masks = mask_offsets.numel() - 1
+        if num_masks < 0:
+            raise ValueError('mask_offsets needs k + 1 >= 1 entries')
+        if features is not None and (features.ndim != 2 or features.shape[0] != num_masks
+                                     or (self._features is not None
+                                         and features.shape[1] != self._features.shape[1])):
+            raise ValueError(f'features must be (k={num_masks}, D) with a fixed D, got '
+                             f'{tuple(features.shape)}')
+        if scores is not None and tuple(scores.shape) != (num_masks,):
+            raise ValueError(f'scores must be ({num_masks},), got {tuple(scores.shape)}')
+        return num_masks
+
+    def _mark_observed(self, slots: torch.Tensor, frame: int) -> None:
+        """Set the observation bit of ``frame`` for ``slots``, growing the bitset as needed."""
+        word, bit = divmod(frame, BITS_PER_WORD)
+        words = self._obs.shape[1]
+        if word >= words:
+            extra = max(words, word + 1 - words)
+            self._obs = torch.nn.functional.pad(self._obs, (0, extra))
+            self._frames = torch.nn.functional.pad(self._frames, (0, extra))
+        if not slots.numel():
+            return
+        low, high = (int(v) for v in torch.aminmax(slots))  # sync: the slot space grows
+        if low < 0 or high > _SLOT_MASK:
+            raise ValueError(f'slots must lie in [0, 2**{_KEY_SHIFT}), got [{low}, {high}]')
+        rows = self._obs.shape[0]
+        if high >= rows:
+            self._obs = torch.nn.functional.pad(self._obs, (0, 0, 0, max(high + 1, 2 * rows)
+                                                            - rows))
+        self._obs[slots, word] |= 1 << bit
+
+    def _append_masks(self, mask_slots, mask_offsets, features, scores, frame: int) -> None:
+        """Append one frame's masks as merged masks of weight 1 (C rows zero, diagonal 1)."""
+        num_masks = mask_offsets.numel() - 1
+        old = self._num_merged
+        new = old + num_masks
+        local = torch.repeat_interleave(torch.arange(num_masks, device=self.device),
+                                        mask_offsets.diff(), output_size=mask_slots.numel())
+        keys = torch.unique(((local + old) << _KEY_SHIFT) | mask_slots)
+        self._append_incidence(keys >> _KEY_SHIFT, keys & _SLOT_MASK, num_masks)
+        word, bit = divmod(frame, BITS_PER_WORD)
+        frames = self._long((num_masks, self._frames.shape[1]))
+        frames[:, word] = 1 << bit
+        self._frames = torch.cat([self._frames, frames])
+        self._weights = torch.cat([self._weights, self._long(num_masks).fill_(1)])
+        self._created = torch.cat([self._created, self._long(num_masks).fill_(frame)])
+        self._first_frame = torch.cat([self._first_frame, self._long(num_masks).fill_(frame)])
+        scores = torch.ones(num_masks) if scores is None else scores
+        self._score_sum = torch.cat([self._score_sum, scores.to(self.device, torch.float32)])
+        self._features = self._append_rows(self._features, features, num_masks)
+        self._descriptors = self._append_rows(self._descriptors, None, num_masks)
+        self._has_descriptor = torch.cat([self._has_descriptor, torch.zeros(
+            num_masks, dtype=torch.bool, device=self.device)])
+        self._merged_of_raw = torch.cat([self._merged_of_raw, torch.arange(
+            old, new, device=self.device)])
+        capacity = self._containment.shape[0]
+        if new > capacity:
+            grown = torch.zeros((max(new, 2 * capacity, 16),) * 2, device=self.device)
+            grown[:capacity, :capacity] = self._containment
+            self._containment = grown
+        diagonal = torch.arange(old, new, device=self.device)
+        self._containment[diagonal, diagonal] = 1.0
+        self._num_merged = new
+
+    def _append_rows(self, table: Optional[torch.Tensor], rows: Optional[torch.Tensor],
+                     count: int) -> Optional[torch.Tensor]:
+        """Append ``rows`` (or zeros) to a per-mask float table created on first use."""
+        if rows is None:
+            return None if table is None else torch.cat([table, table.new_zeros(
+                (count, table.shape[1]))])
+        rows = rows.to(self.device, torch.float32)
+        if table is None:
+            table = rows.new_zeros((self._num_merged, rows.shape[1]))
+        return torch.cat([table, rows])
+
+    # ----------------------------------------------------------------- incidence
+
+    def _set_incidence(self, mids: torch.Tensor, slots: torch.Tensor) -> None:
+        """Install pairs sorted by (merged id, slot), deduplicated, and the slot-sorted join."""
+        self._inc_mid, self._inc_slot = mids, slots
+        self._voxel_counts = torch.bincount(mids, minlength=self._num_merged)
+        self._mask_ptr = torch.nn.functional.pad(torch.cumsum(self._voxel_counts, 0), (1, 0))
+        order = torch.argsort(slots, stable=True)
+        self._by_slot, self._by_slot_mid = slots[order], mids[order]
+
+    def _append_incidence(self, mids, slots, num_masks: int) -> None:
+        """Append pairs of new masks (ids above all current ones) with a linear merge."""
+        self._inc_mid = torch.cat([self._inc_mid, mids])
+        self._inc_slot = torch.cat([self._inc_slot, slots])
+        counts = torch.bincount(mids - self._num_merged, minlength=num_masks)
+        self._voxel_counts = torch.cat([self._voxel_counts, counts])
+        self._mask_ptr = torch.cat([self._mask_ptr,
+                                    self._mask_ptr[-1] + torch.cumsum(counts, 0)])
+        order = torch.argsort(slots, stable=True)
+        new_slots, new_mids = slots[order], mids[order]
+        old_count, new_count = self._by_slot.numel(), new_slots.numel()
+        # Equal slots: the new (larger) ids go after the old ones, keeping id order per slot.
+        new_pos = (torch.searchsorted(self._by_slot, new_slots, right=True)
+                   + torch.arange(new_count, device=self.device))
+        old_pos = (torch.arange(old_count, device=self.device)
+                   + torch.searchsorted(new_slots, self._by_slot))
+        merged_slots = self._long(old_count + new_count)
+        merged_mids = self._long(old_count + new_count)
+        merged_slots[old_pos], merged_slots[new_pos] = self._by_slot, new_slots
+        merged_mids[old_pos], merged_mids[new_pos] = self._by_slot_mid, new_mids
+        self._by_slot, self._by_slot_mid = merged_slots, merged_mids
+
+    def _join(self, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Join slots with the merged incidence: ``(index into slots, merged id)`` pairs."""
+        low = torch.searchsorted(self._by_slot, slots)
+        counts = torch.searchsorted(self._by_slot, slots, right=True) - low
+        owner, position = _expand_segments(low, counts, int(counts.sum()))
+        return owner, self._by_slot_mid[position]
+
+    def _mask_voxels(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(index into ids, slot)`` for every voxel of the merged masks ``ids``."""
+        lengths = self._voxel_counts[ids]
+        owner, position = _expand_segments(self._mask_ptr[ids], lengths, int(lengths.sum()))
+        return owner, self._inc_slot[position]
+
+    # ----------------------------------------------------------------- containment
+
+    def _update_containment(self, query_ids: torch.Tensor, target_limit: Optional[int] = None,
+                            query_frame: Optional[int] = None) -> None:
+        """Write ``C`` in both directions between ``query_ids`` and overlapping masks.
+
+        Query A of method.md 3.6 (and Query B among the queries themselves): overlap by the
+        slot join and ``bincount``, visibility through the observation bitset and the frame
+        sets, the gates of ``merging.gated_containment``. Targets are all masks below
+        ``target_limit`` (all masks when None); a pair of two queries is computed once.
+        ``query_frame``: all queries were segmented in this one frame only (an insertion),
+        so ``vis(target | query)`` is one count per target. Entries of pairs without
+        overlap are left untouched.
+        """
+        num, count = self._num_merged, query_ids.numel()
+        voxel_owner, voxel_slots = self._mask_voxels(query_ids)
+        join_owner, targets = self._join(voxel_slots)
+        overlap = torch.bincount(voxel_owner[join_owner] * num + targets,
+                                 minlength=count * num).view(count, num)
+        target_rank = self._long(num).fill_(count)
+        target_rank[query_ids] = torch.arange(count, device=self.device)
+        own_rank = torch.arange(count, device=self.device)[:, None]
+        # A pair of two queries is computed once, from the later query (no self pairs).
+        overlap.masked_fill_((target_rank < count) & (target_rank >= own_rank), 0)
+        if target_limit is not None:
+            overlap[:, target_limit:] = 0
+        rows, targets = torch.nonzero(overlap, as_tuple=True)
+        shared = overlap[rows, targets]
+        queries = query_ids[rows]
+        cfg = self.config
+        gates = (cfg.contain_min, cfg.visible_ratio_min, cfg.visible_min_voxels)
+        if query_frame is None:
+            targets_seen = self._visible_counts(targets, queries)
+        else:
+            distinct, inverse = torch.unique(targets, return_inverse=True)
+            targets_seen = self._frame_visible_counts(distinct, query_frame)[inverse]
+        query_contains = merging.gated_containment(
+            shared, targets_seen, self._voxel_counts[targets], *gates)
+        target_contains = merging.gated_containment(
+            shared, self._visible_counts(queries, targets), self._voxel_counts[queries],
+            *gates)
+        self._containment[queries, targets] = query_contains
+        self._containment[targets, queries] = target_contains
+
+    def _visible_counts(self, seen: torch.Tensor, observers: torch.Tensor) -> torch.Tensor:
+        """Count voxels of mask ``seen[i]`` observed in any frame of mask ``observers[i]``.
+
+        ``vis(a|b) = |{v in V_a : obs[v] & frames[b] != 0}|`` for ``n`` pairs, int64
+        ``(n,)``; pairs are processed in chunks that gather a bounded number of words.
+        """
+        result = self._long(seen.numel())
+        if not seen.numel():
+            return result
+        ends = torch.cumsum(self._voxel_counts[seen], 0).cpu()  # sync: chunk sizes
+        per_chunk = max(_VISIBILITY_CHUNK_WORDS // self._obs.shape[1], 1)
+        total = int(ends[-1])
+        cuts = torch.searchsorted(ends, torch.arange(per_chunk, max(total, per_chunk),
+                                                     per_chunk), right=True).tolist()
+        bounds = sorted({0, seen.numel(), *cuts})
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            owner, slots = self._mask_voxels(seen[start:stop])
+            words = self._obs[slots] & self._frames[observers[start:stop]][owner]
+            hits = (words != 0).any(1).to(torch.int64)
+            result[start:stop] = self._long(stop - start).index_add_(0, owner, hits)
+        return result
+
+    def _frame_visible_counts(self, ids: torch.Tensor, frame: int) -> torch.Tensor:
+        """Count voxels of masks ``ids`` observed in ``frame``, int64 ``(n,)``."""
+        owner, slots = self._mask_voxels(ids)
+        word, bit = divmod(frame, BITS_PER_WORD)
+        hits = (self._obs[slots, word] >> bit) & 1
+        return self._long(ids.numel()).index_add_(0, owner, hits)
+
+    def _refresh_containment(self) -> None:
+        """Recompute ``C`` between all current masks (deviation: the reference never does)."""
+        num = self._num_merged
+        self._containment[:num, :num] = torch.eye(num, device=self.device)
+        self._update_containment(torch.arange(num, device=self.device))
+
+    # ----------------------------------------------------------------- merge round
+
+    def merge_round(self, point_slots: torch.Tensor,
+                    point_features: Optional[torch.Tensor]) -> Dict[str, int]:
+        """Run one merge round: descriptors, stage 1, stage 2, validity, pruning.
+
+        Args:
+            point_slots: int64 ``(P,)`` slot of every current surface point.
+            point_features: float32 ``(P, Dg)`` per-point geometric features, or None
+                (descriptor 'none': eligibility from the point count alone, S_geo = 0).
+
+        Returns:
+            Counts: ``stage1_merged`` and ``stage2_merged`` (components formed),
+            ``stage2_iterations``, ``removed`` (pruned singletons), ``num_merged``,
+            ``num_valid``.
+
+        """
+        stats = {'stage1_merged': 0, 'stage2_merged': 0, 'stage2_iterations': 0}
+        points = self._points_per_slot(point_slots.to(self.device), point_features)
+        if self._num_merged:
+            if self.config.refresh_containment:
+                self._refresh_containment()
+            self._update_descriptors(*points)
+            edges = merging.stage1_edges(self.containment, self._weights, self._features,
+                                         self._descriptors, self._has_descriptor,
+                                         self.config)
+            stats['stage1_merged'] = self._merge(edges, points)
+        if stats['stage1_merged']:
+            self._merge_time += 1
+            for _ in range(self.config.contain_merge_iterations):
+                stats['stage2_iterations'] += 1
+                edges = merging.containment_edges(self.containment, self.valid,
+                                                  self.config.contain_merge_ratio)
+                edges &= self._has_descriptor[:, None] & self._has_descriptor[None, :]
+                merged = self._merge(edges, points)
+                stats['stage2_merged'] += merged
+                if not merged:
+                    break
+        stats['removed'] = self._prune_singletons()
+        stats['num_merged'] = self._num_merged
+        stats['num_valid'] = int(self.valid.sum())
+        return stats
+
+    def _points_per_slot(self, point_slots: torch.Tensor, point_features
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Aggregate surface points per slot: counts ``(S,)`` and feature sums ``(S, Dg)``.
+
+        ``S`` = rows of the observation bitset; points on slots no mask ever held are
+        dropped (they cannot fall in any voxel set).
+        """
+        rows = self._obs.shape[0]
+        known = (point_slots >= 0) & (point_slots < rows)
+        slots = point_slots[known]
+        counts = torch.bincount(slots, minlength=rows)
+        if point_features is None:
+            return counts, None
+        features = point_features.to(self.device, torch.float32)[known]
+        return counts, features.new_zeros((rows, features.shape[1])).index_add_(
+            0, slots, features)
+
+    def _update_descriptors(self, slot_counts: torch.Tensor,
+                            slot_sums: Optional[torch.Tensor]) -> None:
+        """Pool descriptors from surface points (method.md 4.4 step 0 and 4.5 step 5).
+
+        Every mask with ``>= descriptor_min_points`` points gets the mean point feature and
+        its flag; masks with fewer keep their descriptor (for a just-merged mask: the
+        weight-weighted mean of its members, set by ``_renumber``). Pooling goes over the
+        deduplicated incidence, so a point counts once per mask that holds its slot.
+        """
+        counts = self._long(self._num_merged).index_add_(
+            0, self._inc_mid, slot_counts[self._inc_slot])
+        eligible = counts >= self.config.descriptor_min_points
+        self._has_descriptor = self._has_descriptor | eligible
+        if slot_sums is None:
+            return
+        if self._descriptors is None:
+            self._descriptors = slot_sums.new_zeros((self._num_merged, slot_sums.shape[1]))
+        sums = torch.zeros_like(self._descriptors).index_add_(
+            0, self._inc_mid, slot_sums[self._inc_slot])
+        pooled = sums / counts.clamp_min(1)[:, None]
+        self._descriptors = torch.where(eligible[:, None], pooled, self._descriptors)
+
+    def _merge(self, edges: torch.Tensor, points=None) -> int:
+        """Merge the connected components of ``edges``; return how many were formed.
+
+        ``points``: per-slot point aggregates of this round (``_points_per_slot``) to
+        re-pool the new masks' descriptors, or None to keep the members' weighted mean.
+        """
+        num = self._num_merged
+        labels = merging.connected_components(edges)
+        grouped = torch.bincount(labels, minlength=num)[labels] > 1
+        roots = grouped & (labels == torch.arange(num, device=self.device))
+        num_groups = int(roots.sum())
+        if not num_groups:
+            return 0
+        num_kept = num - int(grouped.sum())
+        # Kept masks first in ascending order, then components by their smallest member.
+        group_rank = torch.cumsum(roots, 0) - 1
+        new_of_old = torch.where(grouped, num_kept + group_rank[labels],
+                                 torch.cumsum(~grouped, 0) - 1)
+        self._renumber(new_of_old, num_kept, num_groups)
+        if points is not None:
+            self._update_descriptors(*points)
+        self._validity_level = self._merge_time
+        return num_groups
+
+    def _prune_singletons(self) -> int:
+        """Remove never-merged masks created >= singleton_expiry_keyframes insertions ago."""
+        age = (self._num_insertions - 1) - self._created
+        stale = (self._weights <= 1) & (age >= self.config.singleton_expiry_keyframes)
+        removed = int(stale.sum())
+        if removed:
+            new_of_old = torch.where(stale, -1, torch.cumsum(~stale, 0) - 1)
+            self._renumber(new_of_old, self._num_merged - removed, 0)
+        return removed
+
+    def _renumber(self, new_of_old: torch.Tensor, num_kept: int, num_new: int) -> None:
+        """Apply one renumbering to every per-mask field (method.md 4.5 steps 2-7, 4.7).
+
+        Args:
+            new_of_old: int64 ``(M,)`` new id per old mask, -1 = removed; kept masks map to
+                ``0..num_kept-1`` in ascending old order, merged components to ``num_kept..``.
+            num_kept: masks that keep their identity (their ``C`` block is copied).
+            num_new: merged components (new masks; their ``C`` rows are recomputed).
+
+        """
+        total = num_kept + num_new
+        source = torch.nonzero(new_of_old >= 0).squeeze(1)
+        target = new_of_old[source]
+        kept = source[target < num_kept]
+
+        def summed(values: torch.Tensor) -> torch.Tensor:
+            return values.new_zeros((total,) + values.shape[1:]).index_add_(
+                0, target, values[source])
+
+        weights = self._weights
+        weight_with_descriptor = (weights * self._has_descriptor).to(torch.float32)
+        if self._descriptors is not None:
+            # Merged masks start from the weight-weighted mean of members with a descriptor.
+            fallback = summed(self._descriptors * weight_with_descriptor[:, None])
+            fallback /= summed(weight_with_descriptor).clamp_min(1e-12)[:, None]
+            fallback[:num_kept] = self._descriptors[kept]
+            self._descriptors = fallback
+        self._has_descriptor = summed(self._has_descriptor.long()) > 0
+        self._weights = summed(weights)
+        self._score_sum = summed(self._score_sum)
+        self._features = None if self._features is None else summed(self._features)
+        self._frames = _pack_bits(summed(_unpack_bits(self._frames).to(torch.int32)) > 0)
+        self._first_frame = self._first_frame.new_zeros(total).scatter_reduce_(
+            0, target, self._first_frame[source], 'amin', include_self=False)
+        created = self._long(total).fill_(self._num_insertions - 1)
+        created[:num_kept] = self._created[kept]
+        self._created = created
+        raw_alive = self._merged_of_raw >= 0
+        self._merged_of_raw = torch.where(
+            raw_alive, new_of_old[self._merged_of_raw.clamp_min(0)], -1)
+        keys = (new_of_old[self._inc_mid] << _KEY_SHIFT) | self._inc_slot
+        keys = torch.unique(keys[keys >= 0])
+        capacity = self._containment.shape[0]
+        containment = torch.eye(capacity, device=self.device)
+        containment[:num_kept, :num_kept] = self._containment[kept][:, kept]
+        self._containment = containment
+        self._num_merged = total
+        self._set_incidence(keys >> _KEY_SHIFT, keys & _SLOT_MASK)
+        if num_new:
+            self._update_containment(torch.arange(num_kept, total, device=self.device))
+
+    # ----------------------------------------------------------------- persistence
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Return the full state as tensors (derived indexes are rebuilt on load)."""
+        num = self._num_merged
+        state = {
+            'counters': torch.tensor([self._num_insertions, self._merge_time,
+                                      self._validity_level, num]),
+            'observations': self._obs, 'frames': self._frames, 'weights': self._weights,
+            'created': self._created, 'first_frame': self._first_frame,
+            'score_sum': self._score_sum, 'has_descriptor': self._has_descriptor,
+            'merged_of_raw': self._merged_of_raw, 'containment': self.containment,
+            'incidence_mid': self._inc_mid, 'incidence_slot': self._inc_slot,
+        }
+        if self._features is not None:
+            state['features'] = self._features
+        if self._descriptors is not None:
+            state['descriptors'] = self._descriptors
+        return {name: value.clone() for name, value in state.items()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Restore a state produced by ``state_dict`` (any device) onto this graph's device."""
+        state = {name: value.to(self.device) for name, value in state.items()}
+        (self._num_insertions, self._merge_time, self._validity_level,
+         self._num_merged) = (int(v) for v in state['counters'])
+        self._obs, self._frames = state['observations'], state['frames']
+        self._weights, self._created = state['weights'], state['created']
+        self._first_frame, self._score_sum = state['first_frame'], state['score_sum']
+        self._has_descriptor = state['has_descriptor']
+        self._merged_of_raw = state['merged_of_raw']
+        self._features = state.get('features')
+        self._descriptors = state.get('descriptors')
+        num = self._num_merged
+        self._containment = torch.zeros((max(num, 16),) * 2, device=self.device)
+        self._containment[:num, :num] = state['containment']
+        self._set_incidence(state['incidence_mid'], state['incidence_slot'])
+
+    def _long(self, shape) -> torch.Tensor:
+        """Return int64 zeros of ``shape`` on the device."""
+        return torch.zeros(shape, dtype=torch.int64, device=self.device)

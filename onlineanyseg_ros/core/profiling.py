@@ -1,0 +1,58 @@
+"""Named, device-synchronized timing scopes for per-stage latency reports."""
+
+from collections import defaultdict, deque
+import contextlib
+import time
+from typing import Deque, Dict, Iterator
+
+import numpy as np
+import torch
+
+
+class StageTimer:
+    """Collect wall-clock durations per named stage, in milliseconds.
+
+    On CUDA each scope synchronizes the device at entry and exit when ``synchronize`` is set,
+    so a stage's number is its own GPU time rather than the launch time; leave it off in
+    production paths that must not block (the numbers then measure host time only).
+    """
+
+    def __init__(self, device: torch.device, synchronize: bool = True, history: int = 1000):
+        self._sync = synchronize and torch.device(device).type == 'cuda'
+        self._device = torch.device(device)
+        self._samples: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=history))
+        self.last_ms: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Time the body of a ``with`` block under ``name``."""
+        if self._sync:
+            torch.cuda.synchronize(self._device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                torch.cuda.synchronize(self._device)
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            self._samples[name].append(elapsed_ms)
+            self.last_ms[name] = elapsed_ms
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        """Return ``{stage: {count, p50_ms, p95_ms, mean_ms, total_ms}}`` over the history."""
+        report = {}
+        for name, samples in self._samples.items():
+            values = np.fromiter(samples, dtype=np.float64)
+            report[name] = {
+                'count': int(values.size),
+                'p50_ms': float(np.percentile(values, 50)),
+                'p95_ms': float(np.percentile(values, 95)),
+                'mean_ms': float(values.mean()),
+                'total_ms': float(values.sum()),
+            }
+        return report
+
+    def reset(self) -> None:
+        """Forget every sample."""
+        self._samples.clear()
+        self.last_ms.clear()

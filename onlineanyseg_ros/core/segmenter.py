@@ -1,0 +1,197 @@
+"""OnlineSegmenter: the small facade over surface map, lifting, mask graph and export.
+
+Verbs: ``integrate(frame, masks)`` fuses a frame's depth into the surface map and, when masks
+are given, lifts and inserts them (merging on the method's schedule); ``merge()`` runs a merge
+round now; ``instances()`` / ``labeled_points()`` export the current map; ``save(dir)`` /
+``load(dir)`` persist it.
+"""
+
+from dataclasses import dataclass
+import json
+import os
+import pathlib
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from onlineanyseg_ros.core.config import config_from_dict, config_to_dict, SegmenterConfig
+from onlineanyseg_ros.core.descriptors import make_descriptor
+from onlineanyseg_ros.core.export import export_instances, ExportedMap
+from onlineanyseg_ros.core.geometry import backproject, camera_center
+from onlineanyseg_ros.core.lifting import lift_masks
+from onlineanyseg_ros.core.mask_graph import MaskGraph
+from onlineanyseg_ros.core.profiling import StageTimer
+from onlineanyseg_ros.core.surface_map import SurfaceMap
+from onlineanyseg_ros.core.types import MaskObservation, RgbdFrame
+from onlineanyseg_ros.core.voxel_hash import VoxelHash
+
+STATE_FILE = 'segmenter_state.pt'
+
+
+@dataclass(frozen=True)
+class IntegrationResult:
+    """What one ``integrate`` call did (for logs and diagnostics)."""
+
+    masks_in: int
+    masks_inserted: int
+    merged: bool
+    dropped: Dict[str, int]
+
+
+class OnlineSegmenter:
+    """Online zero-shot 3D instance segmentation of an RGB-D stream (OnlineAnySeg).
+
+    Args:
+        config: method parameters; ``SegmenterConfig()`` is the project default.
+        device: torch device for every tensor of the map ('cpu', 'cuda', 'cuda:1', ...).
+
+    """
+
+    def __init__(self, config: Optional[SegmenterConfig] = None, device: str = 'cpu'):
+        self.config = config or SegmenterConfig()
+        self.device = torch.device(device)
+        self.timer = StageTimer(self.device)
+        self._descriptor = make_descriptor(self.config, self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the whole map (surface, masks, schedule counters)."""
+        self._hash = VoxelHash(self.device)
+        self._surface = SurfaceMap(self.config, self.device, self._hash)
+        self._graph = MaskGraph(self.config, self.device)
+        self.frames_integrated = 0
+        self.insertions = 0
+        self.merge_rounds = 0
+        self.semantic_active = False
+
+    @property
+    def num_merged_masks(self) -> int:
+        """Current number of merged masks (valid or not)."""
+        return int(self._graph.num_merged)
+
+    @property
+    def num_voxels(self) -> int:
+        """Voxels allocated in the shared voxel hash."""
+        return int(self._hash.num_slots)
+
+    def integrate(self, frame: RgbdFrame,
+                  masks: Optional[MaskObservation] = None) -> IntegrationResult:
+        """Fuse ``frame`` into the surface map and insert its ``masks`` (None = geometry only).
+
+        A mask insertion counts towards the merge schedule even when every mask is rejected,
+        as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
+        """
+        config = self.config
+        color = torch.from_numpy(frame.color).to(self.device)
+        with self.timer.scope('backproject'):
+            points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
+                                        config.depth_near_m, config.depth_far_m, self.device)
+        with self.timer.scope('surface'):
+            self._surface.integrate(points[valid], color[valid],
+                                    camera_center(frame.T_world_camera, self.device))
+        self.frames_integrated += 1
+        if masks is None:
+            return IntegrationResult(0, 0, False, {})
+        if masks.labels.shape != frame.depth.shape:
+            raise ValueError(f'mask labels {masks.labels.shape} do not match depth '
+                             f'{frame.depth.shape}')
+        with self.timer.scope('lift'):
+            labels = torch.from_numpy(masks.labels.astype(np.int64)).to(self.device)
+            lifted = lift_masks(points, valid, labels, config)
+        with self.timer.scope('insert'):
+            inserted = self._insert(lifted, masks)
+        self.insertions += 1
+        merged = False
+        if self.insertions % config.merge_every_n_keyframes == 0:
+            self.merge()
+            merged = True
+        return IntegrationResult(masks.num_masks, inserted, merged, dict(lifted.dropped))
+
+    def _insert(self, lifted, masks: MaskObservation) -> int:
+        """Insert the accepted masks of one frame into the graph; return how many."""
+        observed_slots = self._hash.insert(lifted.observed_keys)
+        mask_slots = self._hash.insert(lifted.mask_keys)
+        rows = (lifted.labels - 1).cpu().numpy()
+        features = None
+        if masks.features is not None:
+            features = torch.from_numpy(masks.features[rows]).to(self.device, torch.float32)
+            self.semantic_active = True
+        scores = None
+        if masks.scores is not None:
+            scores = torch.from_numpy(masks.scores[rows]).to(self.device, torch.float32)
+        self._graph.insert_frame(observed_slots, mask_slots, lifted.mask_offsets.to(self.device),
+                                 features, scores)
+        return int(rows.size)
+
+    def merge(self) -> Dict[str, float]:
+        """Run one merge round (stage 1, stage 2, pruning) now."""
+        with self.timer.scope('merge'):
+            surface = self._surface.surface(with_normals=self._descriptor is not None)
+            point_features = None
+            if self._descriptor is not None:
+                with self.timer.scope('descriptor'):
+                    point_features = self._descriptor.point_features(surface.points,
+                                                                     surface.normals)
+            stats = self._graph.merge_round(surface.slots, point_features)
+        self.merge_rounds += 1
+        return stats
+
+    def labeled_points(self) -> ExportedMap:
+        """Export surface points with instance ids, scores and features (host numpy)."""
+        with self.timer.scope('export'):
+            return export_instances(self._surface.surface(with_normals=False), self._graph,
+                                    self.config)
+
+    def instances(self) -> List[dict]:
+        """Per exported instance: id, score, point count, box centre and size (metres)."""
+        return self.labeled_points().instance_table()
+
+    def save(self, directory: str) -> Dict[str, str]:
+        """Write instances.ply / instances.npz / summary.json and the resumable state."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        exported = self.labeled_points()
+        paths = exported.save(directory, summary=self.summary())
+        state_path = directory / STATE_FILE
+        temporary = state_path.with_suffix('.tmp')
+        torch.save({'config': config_to_dict(self.config),
+                    'counters': [self.frames_integrated, self.insertions, self.merge_rounds,
+                                 int(self.semantic_active)],
+                    'surface': self._surface.state_dict(),
+                    'graph': self._graph.state_dict(),
+                    'hash_keys': self._hash.keys.cpu()}, temporary)
+        os.replace(temporary, state_path)
+        paths['state'] = str(state_path)
+        return paths
+
+    def load(self, directory: str) -> None:
+        """Restore a map written by ``save`` (config included)."""
+        state = torch.load(pathlib.Path(directory) / STATE_FILE, map_location=self.device)
+        self.config = config_from_dict(SegmenterConfig, state['config'])
+        self._descriptor = make_descriptor(self.config, self.device)
+        self.reset()
+        self._hash.insert(state['hash_keys'].to(self.device))
+        self._surface.load_state_dict(state['surface'])
+        self._graph.load_state_dict(state['graph'])
+        counters = state['counters']
+        self.frames_integrated, self.insertions, self.merge_rounds = counters[:3]
+        self.semantic_active = bool(counters[3])
+
+    def summary(self) -> dict:
+        """Map size, schedule counters and per-stage timing medians."""
+        return {
+            'frames_integrated': self.frames_integrated,
+            'mask_insertions': self.insertions,
+            'merge_rounds': self.merge_rounds,
+            'merged_masks': self.num_merged_masks,
+            'voxels': self.num_voxels,
+            'semantic_term': self.semantic_active,
+            'descriptor': self.config.descriptor,
+            'device': str(self.device),
+            'timings_ms': self.timer.summary(),
+        }
+
+    def summary_json(self) -> str:
+        """``summary()`` as indented JSON."""
+        return json.dumps(self.summary(), indent=2)

@@ -1,0 +1,132 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as scipy_components
+from scipy.spatial import cKDTree
+import torch
+
+from onlineanyseg_ros.core.graph_ops import (connected_components, knn_mean_distance,
+                                             radius_pairs, radius_search, segment_mode)
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def _clustered_points(seed, num_points=1500, num_batches=4):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-1, 1, (6, 3))
+    points = centers[rng.integers(0, 6, num_points)] + rng.normal(0, 0.05, (num_points, 3))
+    batch = rng.integers(0, num_batches, num_points)
+    return points, batch
+
+
+def _brute_pairs(points, batch, radius):
+    distance = np.linalg.norm(points[:, None] - points[None], axis=2)
+    close = (distance <= radius) & (batch[:, None] == batch[None])
+    np.fill_diagonal(close, False)
+    return set(zip(*np.nonzero(close)))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('max_candidates', [1 << 22, 500])
+def test_radius_pairs_match_brute_force(device, max_candidates):
+    points, batch = _clustered_points(0)
+    i, j = radius_pairs(torch.tensor(points, device=device), torch.tensor(batch, device=device),
+                        0.04, max_candidates=max_candidates)
+    found = list(zip(i.tolist(), j.tolist()))
+    assert len(found) == len(set(found))
+    expected = _brute_pairs(points, batch, 0.04)
+    assert len(expected) > 1000
+    assert set(found) == expected
+
+
+def test_radius_search_query_subset_returns_distances_and_self():
+    points, batch = _clustered_points(1, num_points=800)
+    query = np.arange(0, 800, 7)
+    q, r, distance = radius_search(torch.tensor(points[query]), torch.tensor(batch[query]),
+                                   torch.tensor(points), torch.tensor(batch), 0.05)
+    assert bool((q[1:] >= q[:-1]).all())
+    assert set(zip(q.tolist(), r.tolist())) >= {(n, int(row)) for n, row in enumerate(query)}
+    np.testing.assert_allclose(distance.numpy(),
+                               np.linalg.norm(points[query[q.numpy()]] - points[r.numpy()],
+                                              axis=1))
+    tree = cKDTree(points)
+    expected = sum(int((batch[hits] == batch[row]).sum())
+                   for row, hits in zip(query, tree.query_ball_point(points[query], 0.05)))
+    assert q.numel() == expected
+
+
+def test_radius_search_empty_inputs():
+    empty = torch.empty((0, 3))
+    none = torch.empty(0, dtype=torch.int64)
+    some = torch.rand(5, 3)
+    for query, query_batch, reference, reference_batch in [
+            (empty, none, some, torch.zeros(5, dtype=torch.int64)),
+            (some, torch.zeros(5, dtype=torch.int64), empty, none)]:
+        q, r, d = radius_search(query, query_batch, reference, reference_batch, 0.1)
+        assert q.numel() == r.numel() == d.numel() == 0
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_connected_components_match_scipy(device, seed):
+    rng = np.random.default_rng(seed)
+    num_nodes = 3000
+    # Mostly chain-like sparse graph with many components and isolated nodes.
+    i = rng.integers(0, num_nodes, 2200)
+    j = np.clip(i + rng.integers(-40, 40, i.size), 0, num_nodes - 1)
+    labels = connected_components(num_nodes, torch.tensor(i, device=device),
+                                  torch.tensor(j, device=device)).cpu().numpy()
+    adjacency = coo_matrix((np.ones(i.size), (i, j)), shape=(num_nodes, num_nodes))
+    count, expected = scipy_components(adjacency, directed=False)
+    assert len(np.unique(labels)) == count
+    # Same partition, and each label is the smallest node of its component.
+    smallest = np.full(count, num_nodes)
+    np.minimum.at(smallest, expected, np.arange(num_nodes))
+    np.testing.assert_array_equal(labels, smallest[expected])
+
+
+def test_connected_components_without_edges():
+    none = torch.empty(0, dtype=torch.int64)
+    assert connected_components(4, none, none).tolist() == [0, 1, 2, 3]
+    assert connected_components(0, none, none).numel() == 0
+
+
+def test_segment_mode_matches_counter_with_ties():
+    rng = np.random.default_rng(3)
+    segment = rng.integers(0, 50, 4000)
+    value = rng.integers(0, 6, 4000)
+    segment[segment == 7] = 8  # segment 7 stays empty
+    mode, count = segment_mode(torch.tensor(segment), torch.tensor(value), 50, 6)
+    for index in range(50):
+        counter = Counter(value[segment == index].tolist())
+        if not counter:
+            assert (mode[index].item(), count[index].item()) == (-1, 0)
+            continue
+        best = max(counter.values())
+        assert count[index].item() == best
+        assert mode[index].item() == min(v for v, c in counter.items() if c == best)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_knn_mean_distance_is_exact(device):
+    points, batch = _clustered_points(4, num_points=1200, num_batches=5)
+    # A tiny batch (fewer points than k) and far outliers that need several radius rounds.
+    points = np.concatenate([points, [[5.0, 5.0, 5.0], [5.01, 5.0, 5.0], [-3.0, 2.0, 0.0]]])
+    batch = np.concatenate([batch, [7, 7, 0]])
+    k = 10
+    result = knn_mean_distance(torch.tensor(points, device=device),
+                               torch.tensor(batch, device=device), k, 0.02).cpu().numpy()
+    expected = np.empty(len(points))
+    for index in np.unique(batch):
+        rows = np.nonzero(batch == index)[0]
+        distance, _ = cKDTree(points[rows]).query(points[rows], k=min(k, len(rows)))
+        expected[rows] = distance.reshape(len(rows), -1).mean(1)
+    np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_knn_mean_distance_rejects_non_finite_points():
+    with pytest.raises(ValueError, match='finite'):
+        knn_mean_distance(torch.tensor([[0.0, 0.0, float('nan')]]),
+                          torch.zeros(1, dtype=torch.int64), 3, 0.1)

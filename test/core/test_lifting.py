@@ -1,0 +1,432 @@
+"""Lifting and geometry against naive numpy / scipy references (Open3D semantics)."""
+
+from collections import Counter
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+import torch
+
+from onlineanyseg_ros.core.config import SegmenterConfig
+from onlineanyseg_ros.core.geometry import backproject, camera_center, transform_points
+from onlineanyseg_ros.core.graph_ops import radius_pairs
+from onlineanyseg_ros.core.lifting import (associate_voxels, dbscan_largest_label,
+                                           DROP_REASONS, lift_masks, statistical_inliers,
+                                           voxel_downsample)
+from onlineanyseg_ros.core.voxel_hash import unpack_keys
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+CONFIG = SegmenterConfig()
+
+
+# ---------------------------------------------------------------- naive references
+
+
+def reference_downsample(points, voxel_size):
+    """Open3D voxel_down_sample: grid anchored at min bound - voxel/2, mean per cell."""
+    anchor = points.min(0) - 0.5 * voxel_size
+    cells = np.floor((points - anchor) / voxel_size).astype(np.int64)
+    groups = {}
+    for cell, point in zip(map(tuple, cells), points):
+        groups.setdefault(cell, []).append(point)
+    return np.array([np.mean(groups[cell], axis=0) for cell in sorted(groups)])
+
+
+def reference_dbscan(points, eps, min_points):
+    """Open3D cluster_dbscan, transcribed sequentially."""
+    neighbors = cKDTree(points).query_ball_point(points, eps)
+    labels = [-2] * len(points)
+    cluster = 0
+    for index in range(len(points)):
+        if labels[index] != -2:
+            continue
+        if len(neighbors[index]) < min_points:
+            labels[index] = -1
+            continue
+        labels[index] = cluster
+        to_visit, visited = set(neighbors[index]), {index}
+        while to_visit:
+            neighbor = to_visit.pop()
+            visited.add(neighbor)
+            if labels[neighbor] == -1:
+                labels[neighbor] = cluster
+            if labels[neighbor] != -2:
+                continue
+            labels[neighbor] = cluster
+            if len(neighbors[neighbor]) >= min_points:
+                to_visit.update(q for q in neighbors[neighbor] if q not in visited)
+        cluster += 1
+    return np.array(labels)
+
+
+def reference_keep_largest(points, eps, min_points):
+    """Keep argmax(bincount(labels + 1)), as the reference's denoise() does."""
+    labels = reference_dbscan(points, eps, min_points) + 1
+    return labels == np.argmax(np.bincount(labels))
+
+
+def reference_statistical_inliers(points, neighbors, std_ratio):
+    """Open3D remove_statistical_outlier."""
+    count = len(points)
+    distance, _ = cKDTree(points).query(points, k=min(neighbors, count))
+    mean = distance.reshape(count, -1).mean(1)
+    cloud_mean = mean[mean > 0].sum() / count
+    squares = ((mean[mean > 0] - cloud_mean) ** 2).sum()
+    with np.errstate(divide='ignore', invalid='ignore'):
+        threshold = cloud_mean + std_ratio * np.sqrt(squares / (count - 1))
+    return (mean > 0) & (mean < threshold)
+
+
+def reference_associate(points, voxel_size, radius):
+    """Brute force: every lattice point within radius of each point."""
+    voxels, covered = set(), 0
+    for point in points:
+        low = np.floor((point - radius) / voxel_size).astype(int) - 1
+        high = np.floor((point + radius) / voxel_size).astype(int) + 1
+        grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(low, high)],
+                                    indexing='ij'), -1).reshape(-1, 3)
+        hits = grid[(((grid * voxel_size) - point) ** 2).sum(1) <= radius * radius]
+        covered += len(hits) > 0
+        voxels.update(map(tuple, hits))
+    return voxels, covered / len(points)
+
+
+def reference_lift(points, valid, labels, config):
+    """Method.md 3.3 + 3.4, mask by mask."""
+    dropped = Counter()
+    lifted = {}
+    for label in sorted(set(labels[labels >= 1].tolist())):
+        mask_points = points[(labels == label) & valid]
+        if len(mask_points) < config.min_mask_pixels:
+            dropped['few_pixels'] += 1
+            continue
+        cells = reference_downsample(mask_points, config.voxel_size_m)
+        cells = cells[reference_keep_largest(cells, config.query_radius_m,
+                                             config.denoise_min_neighbors)]
+        cells = cells[reference_statistical_inliers(cells, config.outlier_neighbors,
+                                                    config.outlier_std_ratio)]
+        if len(cells) < config.min_mask_points:
+            dropped['few_points'] += 1
+            continue
+        voxels, coverage = reference_associate(cells, config.voxel_size_m,
+                                               config.query_radius_m)
+        if coverage < config.coverage_min:
+            dropped['low_coverage'] += 1
+        elif len(voxels) < config.min_mask_points:
+            dropped['few_voxels'] += 1
+        else:
+            lifted[label] = voxels
+    uses = Counter(voxel for voxels in lifted.values() for voxel in voxels)
+    boundary = {voxel for voxel, count in uses.items() if count >= 2}
+    accepted = {label: voxels - boundary for label, voxels in lifted.items()
+                if len(voxels - boundary) > config.min_voxels_after_boundary}
+    dropped['boundary'] = len(lifted) - len(accepted)
+    observed = set().union(*lifted.values()) if lifted else set()
+    return accepted, observed, {reason: dropped[reason] for reason in DROP_REASONS}
+
+
+# ---------------------------------------------------------------- synthetic frames
+
+
+def synthetic_frame(seed=0, height=90, width=120, spacing=0.006):
+    """Two planes split into adjacent masks, noise pixels, a sparse mask and a tiny mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    points = np.stack([cols * spacing, rows * spacing, np.full(rows.shape, 1.5)], -1)
+    points[:, 60:, 2] += 0.25 + 0.1 * cols[:, 60:] * spacing  # a tilted second plane
+    points += rng.normal(0, 0.001, points.shape)
+    labels = np.zeros((height, width), np.int32)
+    labels[:, :30] = 1
+    labels[:, 30:60] = 2
+    labels[:60, 60:] = 4
+    labels[60:, 60:90] = 6
+    labels[60:, 90:] = 9  # two masks meeting along a diagonal-free straight border
+    flying = rng.random((height, width)) < 0.02  # flying pixels far from the surfaces
+    points[flying] += rng.uniform(-0.3, 0.3, (int(flying.sum()), 3))
+    valid = rng.random((height, width)) > 0.03
+    # Mask 12: 600 pixels scattered in a 1 m cube: mostly DBSCAN noise, which is kept.
+    sparse = np.zeros((height, width), bool)
+    sparse.reshape(-1)[rng.choice(height * width, 600, replace=False)] = True
+    labels[sparse] = 12
+    points[sparse] = rng.uniform(0.0, 1.0, (600, 3)) + [0.2, 0.2, 2.5]
+    # Mask 14: 450 pixels on a 7 cm square: too few cells. Mask 15: too few pixels.
+    labels[70:85, :30] = 14
+    points[70:85, :30] = np.concatenate([rng.uniform(0, 0.07, (15, 30, 2)),
+                                         np.full((15, 30, 1), 0.9)], -1)
+    labels[5:15, 5:25] = 15
+    return points, valid, labels
+
+
+def _as_sets(frame):
+    keys = unpack_keys(frame.mask_keys).cpu().numpy()
+    offsets = frame.mask_offsets.tolist()
+    return {label: set(map(tuple, keys[offsets[m]:offsets[m + 1]]))
+            for m, label in enumerate(frame.labels.tolist())}
+
+
+def _lift(points, valid, labels, config, device='cpu', dtype=torch.float64):
+    return lift_masks(torch.tensor(points, dtype=dtype, device=device),
+                      torch.tensor(valid, device=device), torch.tensor(labels, device=device),
+                      config)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def test_backproject_matches_pinhole_formula_and_validity():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.05, 6.0, (6, 8)).astype(np.float32)
+    depth[0, 0], depth[0, 1] = np.nan, 0.0
+    K = np.array([[500.0, 0, 3.7], [0, 480.0, 2.4], [0, 0, 1]])
+    angle = 0.3
+    T = np.eye(4)
+    T[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                 [0, 0, 1]]
+    T[:3, 3] = [1.0, -2.0, 0.5]
+    points, valid = backproject(depth, K, T, near=0.1, far=5.0)
+    assert points.dtype == torch.float32 and points.shape == (6, 8, 3)
+    v, u = np.mgrid[0:6, 0:8]
+    z = depth.astype(np.float64)
+    camera = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], -1)
+    expected = camera @ T[:3, :3].T + T[:3, 3]
+    expected_valid = np.isfinite(z) & (z > 0.1) & (z < 5.0)
+    np.testing.assert_array_equal(valid.numpy(), expected_valid)
+    np.testing.assert_allclose(points.numpy()[expected_valid], expected[expected_valid],
+                               atol=1e-5)
+    assert bool((points[~valid] == 0).all())
+    np.testing.assert_allclose(camera_center(T, torch.device('cpu')).numpy(), T[:3, 3])
+    np.testing.assert_allclose(
+        transform_points(np.linalg.inv(T), torch.tensor(expected)).numpy(), camera,
+        atol=1e-12)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_voxel_downsample_matches_open3d_convention():
+    rng = np.random.default_rng(1)
+    points = [rng.normal(center, 0.05, (300, 3)) for center in ([0, 0, 0], [1, -1, 2])]
+    cells, cell_mask = voxel_downsample(torch.tensor(np.concatenate(points)),
+                                        torch.repeat_interleave(torch.arange(2), 300), 2,
+                                        0.025)
+    for mask, mask_points in enumerate(points):
+        expected = reference_downsample(mask_points, 0.025)
+        got = cells[cell_mask == mask].numpy()
+        assert len(got) == len(expected)
+        np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)],
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_dbscan_largest_label_matches_sequential_open3d(device, seed):
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(6):
+        blobs = [rng.normal(rng.uniform(-0.3, 0.3, 3), rng.uniform(0.01, 0.04),
+                            (rng.integers(5, 60), 3)) for _ in range(rng.integers(1, 4))]
+        noise = rng.uniform(-0.5, 0.5, (rng.integers(0, 40), 3))
+        batch_points = np.concatenate(blobs + [noise])
+        batches.append(batch_points[rng.permutation(len(batch_points))])
+    points = torch.tensor(np.concatenate(batches), device=device)
+    batch = torch.repeat_interleave(torch.arange(6), torch.tensor([len(b) for b in batches]))
+    batch = batch.to(device)
+    i, j = radius_pairs(points, batch, 0.03)
+    keep = dbscan_largest_label(batch, 6, i, j, 4).cpu().numpy()
+    start = 0
+    for batch_points in batches:
+        expected = reference_keep_largest(batch_points, 0.03, 4)
+        np.testing.assert_array_equal(keep[start:start + len(batch_points)], expected)
+        start += len(batch_points)
+
+
+def test_dbscan_ties_noise_and_border_points():
+    line = np.arange(6)[:, None] * [0.005, 0.0, 0.0]
+    # Batch 0: two equal clusters; the one holding the lowest core index wins.
+    first, second = line + [1.0, 0, 0], line
+    tie = np.concatenate([first, second])
+    # Batch 1: mostly noise, which the reference keeps.
+    noise = np.concatenate([line[:4] + [0, 0.5, 0],
+                            np.arange(9)[:, None] * [0.1, 0.0, 0.0] + [0, 1.0, 0]])
+    # Batch 2: a border point between two clusters joins the earlier-created one.
+    cluster_a = line
+    cluster_b = line + [0.069, 0.0, 0.0]
+    border = np.array([[0.047, 0.0, 0.0]])
+    bridge = np.concatenate([cluster_b, border, cluster_a])
+    points = np.concatenate([tie, noise, bridge])
+    batch = torch.tensor([0] * len(tie) + [1] * len(noise) + [2] * len(bridge))
+    i, j = radius_pairs(torch.tensor(points), batch, 0.025)
+    keep = dbscan_largest_label(batch, 3, i, j, 4).numpy()
+    offsets = np.cumsum([0, len(tie), len(noise), len(bridge)])
+    for index, part in enumerate((tie, noise, bridge)):
+        expected = reference_keep_largest(part, 0.025, 4)
+        np.testing.assert_array_equal(keep[offsets[index]:offsets[index + 1]], expected)
+    assert keep[:6].all() and not keep[6:12].any()
+    assert keep[offsets[1]:offsets[2]].sum() == 9
+    # The border point reaches both clusters; B holds the lowest core index, so it is
+    # created first, takes the border point and wins 7 to 6.
+    assert keep[offsets[2]:offsets[2] + 7].all() and not keep[offsets[2] + 7:].any()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_statistical_inliers_match_open3d(device):
+    rng = np.random.default_rng(3)
+    sizes = [400, 150, 12, 1]
+    parts = []
+    for size in sizes:
+        plane = np.concatenate([rng.uniform(0, 0.5, (size, 2)), rng.normal(0, 0.002,
+                                                                           (size, 1))], 1)
+        outliers = rng.random(size) < 0.05
+        plane[outliers, 2] += rng.uniform(0.05, 0.2, int(outliers.sum()))
+        parts.append(plane)
+    points = torch.tensor(np.concatenate(parts), device=device)
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes)).to(device)
+    keep = statistical_inliers(points, batch, 4, 20, 2.0, 0.02).cpu().numpy()
+    expected = np.concatenate([reference_statistical_inliers(part, 20, 2.0) for part in parts])
+    np.testing.assert_array_equal(keep, expected)
+    assert not keep[-1]  # a single point is never kept (Open3D divides by n - 1 = 0)
+    assert statistical_inliers(points, batch, 4, 0, 2.0, 0.02).all()
+
+
+@pytest.mark.parametrize('radius', [0.03, 0.011, 0.05])
+def test_associate_voxels_matches_brute_force(radius):
+    rng = np.random.default_rng(4)
+    parts = [rng.uniform(-0.1, 0.1, (80, 3)), rng.uniform(0.0, 0.2, (50, 3))]
+    pair_batch, pair_key, coverage = associate_voxels(
+        torch.tensor(np.concatenate(parts)), torch.repeat_interleave(torch.arange(3),
+                                                                     torch.tensor([80, 50, 0])),
+        3, 0.025, radius)
+    assert bool((pair_batch[1:] >= pair_batch[:-1]).all())
+    keys = unpack_keys(pair_key).numpy()
+    for index, part in enumerate(parts):
+        expected, expected_coverage = reference_associate(part, 0.025, radius)
+        rows = (pair_batch == index).numpy()
+        assert set(map(tuple, keys[rows])) == expected
+        assert len(keys[rows]) == len(expected)
+        assert coverage[index].item() == pytest.approx(expected_coverage)
+        assert bool((pair_key[rows][1:] > pair_key[rows][:-1]).all())
+    assert torch.isnan(coverage[2])
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_lift_masks_matches_reference_pipeline(device):
+    points, valid, labels = synthetic_frame()
+    frame = _lift(points, valid, labels, CONFIG, device)
+    accepted, observed, dropped = reference_lift(points, valid, labels, CONFIG)
+    assert frame.labels.tolist() == sorted(accepted)
+    assert sorted(accepted) == [1, 2, 4, 6, 9, 12]
+    assert frame.dropped == dropped
+    assert dropped['few_pixels'] == 1 and dropped['few_points'] == 1  # masks 15 and 14
+    assert _as_sets(frame) == accepted
+    assert set(map(tuple, unpack_keys(frame.observed_keys).cpu().numpy())) == observed
+    assert bool((frame.observed_keys[1:] > frame.observed_keys[:-1]).all())
+    sizes = (frame.mask_offsets[1:] - frame.mask_offsets[:-1]).tolist()
+    assert sizes == [len(accepted[label]) for label in frame.labels.tolist()]
+    assert torch.equal(frame.mask_keys[frame.mask_index == 1],
+                       frame.mask_keys[sizes[0]:sizes[0] + sizes[1]])
+    # Masks of one frame never share a voxel after boundary removal.
+    assert torch.unique(frame.mask_keys).numel() == frame.mask_keys.numel()
+
+
+def test_float32_and_float64_inputs_give_identical_results():
+    points, valid, labels = synthetic_frame(seed=1)
+    points = points.astype(np.float32)
+    single = _lift(points, valid, labels, CONFIG, dtype=torch.float32)
+    double = _lift(points.astype(np.float64), valid, labels, CONFIG, dtype=torch.float64)
+    for name in ('labels', 'observed_keys', 'mask_keys', 'mask_offsets'):
+        assert torch.equal(getattr(single, name), getattr(double, name)), name
+    assert single.dropped == double.dropped
+    assert single.num_masks > 0
+
+
+def test_boundary_removal_edge_at_min_voxels_after_boundary():
+    points, valid, labels = synthetic_frame(seed=2)
+    loose = dataclasses.replace(CONFIG, min_voxels_after_boundary=0)
+    frame = _lift(points, valid, labels, loose)
+    sizes = dict(zip(frame.labels.tolist(),
+                     (frame.mask_offsets[1:] - frame.mask_offsets[:-1]).tolist()))
+    smallest = min(sizes.values())
+    at_edge = _lift(points, valid, labels,
+                    dataclasses.replace(CONFIG, min_voxels_after_boundary=smallest - 1))
+    assert at_edge.labels.tolist() == frame.labels.tolist()
+    past_edge = _lift(points, valid, labels,
+                      dataclasses.replace(CONFIG, min_voxels_after_boundary=smallest))
+    assert past_edge.labels.tolist() == [label for label, size in sizes.items()
+                                         if size > smallest]
+    assert past_edge.dropped['boundary'] == sum(size == smallest for size in sizes.values())
+    # Dropping a mask does not give its boundary voxels back to its neighbours.
+    for label, voxels in _as_sets(past_edge).items():
+        assert voxels == _as_sets(frame)[label]
+
+
+def _pixel_grid_frame(valid_pixels):
+    """One flat 20 x 20 pixel mask at 1.25 cm spacing with ``valid_pixels`` valid pixels."""
+    rows, cols = np.mgrid[0:20, 0:20]
+    points = np.stack([cols * 0.0125, rows * 0.0125, np.full(rows.shape, 1.0)], -1)
+    # Jitter keeps points off cell borders and distances free of exact ties.
+    points += np.random.default_rng(6).normal(0, 1e-4, points.shape)
+    valid = np.zeros(400, bool)
+    valid[:valid_pixels] = True
+    return points, valid.reshape(20, 20), np.ones((20, 20), np.int32)
+
+
+def test_pixel_threshold_edge_399_vs_400():
+    kept = _lift(*_pixel_grid_frame(400), CONFIG)
+    assert kept.labels.tolist() == [1]
+    assert kept.dropped == dict.fromkeys(DROP_REASONS, 0)
+    dropped = _lift(*_pixel_grid_frame(399), CONFIG)
+    assert dropped.num_masks == 0 and dropped.dropped['few_pixels'] == 1
+
+
+def test_point_and_coverage_threshold_edges():
+    points, valid, labels = _pixel_grid_frame(400)
+    cells = reference_downsample(points.reshape(-1, 3), CONFIG.voxel_size_m)
+    cells = cells[reference_statistical_inliers(cells, 20, 2.0)]  # DBSCAN keeps every cell
+    count = len(cells)
+    assert _lift(points, valid, labels,
+                 dataclasses.replace(CONFIG, min_mask_points=count)).num_masks == 1
+    too_few = _lift(points, valid, labels,
+                    dataclasses.replace(CONFIG, min_mask_points=count + 1))
+    assert too_few.num_masks == 0 and too_few.dropped['few_points'] == 1
+    # A small radius leaves part of the cells without a lattice point in range; no core
+    # points and no outlier filter keep every cell (the noise label is the largest).
+    small = dataclasses.replace(CONFIG, query_radius_m=0.008, min_voxels_after_boundary=0,
+                                denoise_min_neighbors=100, outlier_neighbors=0)
+    cells = reference_downsample(points.reshape(-1, 3), CONFIG.voxel_size_m)
+    _, coverage = reference_associate(cells, small.voxel_size_m, small.query_radius_m)
+    assert 0 < coverage < 1
+    assert _lift(points, valid, labels,
+                 dataclasses.replace(small, coverage_min=coverage)).num_masks == 1
+    low = _lift(points, valid, labels,
+                dataclasses.replace(small, coverage_min=coverage + 1e-9))
+    assert low.num_masks == 0 and low.dropped['low_coverage'] == 1
+
+
+@pytest.mark.parametrize('case', ['invalid_depth', 'no_labels', 'empty_image'])
+def test_empty_inputs_give_an_empty_frame(case):
+    points, valid, labels = synthetic_frame(seed=3)
+    expected = dict.fromkeys(DROP_REASONS, 0)
+    if case == 'invalid_depth':
+        valid = np.zeros_like(valid)
+        expected['few_pixels'] = len(np.unique(labels[labels > 0]))
+    elif case == 'no_labels':
+        labels = np.zeros_like(labels)
+    else:
+        points, valid, labels = points[:0], valid[:0], labels[:0]
+    frame = _lift(points, valid, labels, CONFIG)
+    assert frame.num_masks == 0 and frame.mask_keys.numel() == 0
+    assert frame.observed_keys.numel() == 0 and frame.mask_offsets.tolist() == [0]
+    assert frame.dropped == expected
+
+
+def test_all_masks_denoised_away():
+    rng = np.random.default_rng(5)
+    # 900 pixels on a 6 cm square: at most 16 cells, fewer than min_mask_points.
+    points = np.concatenate([rng.uniform(0, 0.06, (30, 30, 2)), np.ones((30, 30, 1))], -1)
+    frame = _lift(points, np.ones((30, 30), bool), np.ones((30, 30), np.int32), CONFIG)
+    assert frame.num_masks == 0 and frame.dropped['few_points'] == 1
+    assert frame.observed_keys.numel() == 0

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from onlineanyseg_ros.core.voxel_hash import (COORD_OFFSET, pack_keys, unpack_keys, voxel_keys,
+                                              VoxelHash)
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def _reference_insert(table, keys):
+    """Give new keys the next slot in order of first occurrence (dict reference)."""
+    slots = []
+    for key in keys.tolist():
+        if key not in table:
+            table[key] = len(table)
+        slots.append(table[key])
+    return slots
+
+
+def test_pack_unpack_round_trip_including_extremes():
+    generator = torch.Generator().manual_seed(0)
+    ijk = torch.randint(-COORD_OFFSET, COORD_OFFSET, (5000, 3), generator=generator)
+    ijk[:2] = torch.tensor([[-COORD_OFFSET] * 3, [COORD_OFFSET - 1] * 3])
+    keys = pack_keys(ijk)
+    assert keys.dtype == torch.int64
+    assert bool((keys >= 0).all())
+    assert torch.equal(unpack_keys(keys), ijk)
+    # Distinct coordinates give distinct keys, and key order is lexicographic (i, j, k).
+    assert torch.unique(keys).numel() == torch.unique(ijk, dim=0).shape[0]
+    order = torch.argsort(keys)
+    lexicographic = sorted(range(len(ijk)), key=lambda row: tuple(ijk[row].tolist()))
+    assert torch.equal(ijk[order], ijk[lexicographic])
+
+
+def test_voxel_keys_floor_negative_coordinates():
+    points = torch.tensor([[0.0, 0.024, -0.001], [-0.025, 0.025, 0.051]])
+    assert torch.equal(unpack_keys(voxel_keys(points, 0.025)),
+                       torch.tensor([[0, 0, -1], [-1, 1, 2]]))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_insert_and_lookup_match_dict_reference_through_growth(device):
+    generator = torch.Generator().manual_seed(1)
+    voxel_hash = VoxelHash(device, initial_capacity=4)
+    reference = {}
+    for _ in range(12):
+        # Narrow coordinate range: many duplicates within and across batches.
+        ijk = torch.randint(-30, 30, (int(torch.randint(0, 3000, (1,), generator=generator)),
+                                      3), generator=generator)
+        keys = pack_keys(ijk)
+        slots = voxel_hash.insert(keys.to(device))
+        assert slots.device.type == torch.device(device).type
+        assert slots.tolist() == _reference_insert(reference, keys)
+    assert voxel_hash.num_slots == len(reference)
+    assert voxel_hash.table_size >= 2 * len(reference)
+    assert voxel_hash.keys.tolist() == list(reference)
+    probe = pack_keys(torch.randint(-40, 40, (4000, 3), generator=generator))
+    expected = [reference.get(key, -1) for key in probe.tolist()]
+    assert voxel_hash.lookup(probe.to(device)).tolist() == expected
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_slots_stay_stable_after_rehash(device):
+    voxel_hash = VoxelHash(device, initial_capacity=1)
+    first = pack_keys(torch.tensor([[5, -3, 2], [0, 0, 0], [9, 9, 9]]))
+    assert voxel_hash.insert(first.to(device)).tolist() == [0, 1, 2]
+    size_before = voxel_hash.table_size
+    many = pack_keys(torch.stack(torch.meshgrid(*[torch.arange(12)] * 3, indexing='ij'),
+                                 -1).reshape(-1, 3) + 100)
+    voxel_hash.insert(many.to(device))
+    assert voxel_hash.table_size > size_before
+    assert voxel_hash.lookup(first.to(device)).tolist() == [0, 1, 2]
+    assert voxel_hash.insert(first.to(device)).tolist() == [0, 1, 2]
+    assert voxel_hash.num_slots == 3 + many.numel()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_shapes_empty_inputs_and_invalid_keys(device):
+    voxel_hash = VoxelHash(device)
+    assert voxel_hash.insert(torch.empty(0, dtype=torch.int64)).numel() == 0
+    assert voxel_hash.lookup(torch.empty(0, dtype=torch.int64)).numel() == 0
+    keys = pack_keys(torch.arange(12).reshape(4, 3)).reshape(2, 2)
+    assert voxel_hash.insert(keys).tolist() == [[0, 1], [2, 3]]
+    assert voxel_hash.lookup(keys.flip(0)).tolist() == [[2, 3], [0, 1]]
+    with pytest.raises(ValueError, match='non-negative'):
+        voxel_hash.insert(torch.tensor([-1]))
+    with pytest.raises(ValueError, match='initial_capacity'):
+        VoxelHash(device, initial_capacity=0)
+
+
+def test_state_dict_round_trip_and_reset():
+    generator = torch.Generator().manual_seed(2)
+    voxel_hash = VoxelHash('cpu', initial_capacity=8)
+    keys = pack_keys(torch.randint(-100, 100, (500, 3), generator=generator))
+    slots = voxel_hash.insert(keys)
+    restored = VoxelHash('cpu')
+    restored.load_state_dict(voxel_hash.state_dict())
+    assert torch.equal(restored.lookup(keys), slots)
+    assert torch.equal(restored.keys, voxel_hash.keys)
+    with pytest.raises(ValueError, match='duplicate'):
+        restored.load_state_dict({'keys': torch.tensor([3, 3])})
+    voxel_hash.reset()
+    assert voxel_hash.num_slots == 0
+    assert bool((voxel_hash.lookup(keys) == -1).all())
+    assert voxel_hash.insert(keys[:1]).tolist() == [0]
