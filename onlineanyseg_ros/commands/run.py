@@ -20,8 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--out', required=True, metavar='OUT_DIR', help='output folder')
     parser.add_argument('--config', metavar='YAML', help='SegmenterConfig overrides (flat '
                         'mapping or the segmentation node parameter file)')
-    parser.add_argument('--profile', choices=('default', 'reference'), default='default',
-                        help='method profile the overrides apply to (default: %(default)s)')
+    parser.add_argument('--profile', choices=('default', 'reference', 'greedy_baseline'),
+                        default='default',
+                        help='method profile the overrides apply to (default: %(default)s; '
+                             'greedy_baseline = greedy voxel-overlap merging of the same '
+                             'masks)')
     parser.add_argument('--device', default='cpu', help='torch device (default: %(default)s)')
     parser.add_argument('--every', type=int, default=10,
                         help="integrate every N-th frame (default: %(default)s, the method's "

@@ -140,6 +140,13 @@ class SegmenterConfig:
                                       'descriptor (masks without one cannot merge).', 1, 10 ** 7)
     refresh_containment: bool = spec(True, 'Recompute containment between surviving masks at '
                                      'every merge round (the reference computes it once).')
+    merger: str = spec('graph', 'How masks merge: graph (the method) or greedy_overlap (the '
+                       'simple baseline: best voxel IoU at insertion).',
+                       choices=('graph', 'greedy_overlap'))
+    greedy_iou_threshold: float = spec(0.25, 'greedy_overlap: voxel IoU needed to join an '
+                                       'instance.', 0.0, 1.0)
+    greedy_min_views: int = spec(3, 'greedy_overlap: masks an instance needs to be exported.',
+                                 1, 10 ** 6)
     export_min_points: int = spec(25, 'Surface points an instance needs before filtering.',
                                   0, 10 ** 9)
     export_cluster_radius_m: float = spec(0.1, 'Single-linkage radius of the export filter '
@@ -159,7 +166,7 @@ def reference_config() -> SegmenterConfig:
     return SegmenterConfig(refresh_containment=False)
 
 
-PROFILES = ('default', 'reference')
+PROFILES = ('default', 'reference', 'greedy_baseline')
 
 
 def segmenter_config(profile: str = 'default',
@@ -167,7 +174,12 @@ def segmenter_config(profile: str = 'default',
     """Return the ``profile``'s SegmenterConfig with ``overrides`` applied (names checked)."""
     if profile not in PROFILES:
         raise ValueError(f'profile must be one of {list(PROFILES)}, got {profile!r}')
-    base = reference_config() if profile == 'reference' else SegmenterConfig()
+    if profile == 'reference':
+        base = reference_config()
+    elif profile == 'greedy_baseline':
+        base = SegmenterConfig(merger='greedy_overlap')
+    else:
+        base = SegmenterConfig()
     return config_from_dict(SegmenterConfig, overrides, base=base)
 
 

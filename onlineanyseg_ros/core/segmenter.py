@@ -19,6 +19,7 @@ from onlineanyseg_ros.core.config import config_from_dict, config_to_dict, Segme
 from onlineanyseg_ros.core.descriptors import make_descriptor
 from onlineanyseg_ros.core.export import export_instances, ExportedMap
 from onlineanyseg_ros.core.geometry import backproject, camera_center
+from onlineanyseg_ros.core.greedy_merger import GreedyOverlapMerger
 from onlineanyseg_ros.core.lifting import lift_masks
 from onlineanyseg_ros.core.mask_graph import MaskGraph
 from onlineanyseg_ros.core.profiling import StageTimer
@@ -59,7 +60,8 @@ class OnlineSegmenter:
         """Forget the whole map (surface, masks, schedule counters)."""
         self._hash = VoxelHash(self.device)
         self._surface = SurfaceMap(self.config, self.device, self._hash)
-        self._graph = MaskGraph(self.config, self.device)
+        merger = GreedyOverlapMerger if self.config.merger == 'greedy_overlap' else MaskGraph
+        self._graph = merger(self.config, self.device)
         self.frames_integrated = 0
         self.insertions = 0
         self.merge_rounds = 0
