@@ -28,6 +28,9 @@ setup(
     entry_points={
         'console_scripts': [
             'onlineanyseg = onlineanyseg_ros.cli:main',
+            'perception_node = onlineanyseg_ros.ros.perception_node:main',
+            'segmentation_node = onlineanyseg_ros.ros.segmentation_node:main',
+            'pipeline = onlineanyseg_ros.ros.pipeline:main',
         ],
     },
 )

@@ -1,0 +1,83 @@
+"""Perception and segmentation nodes in one process and one MultiThreadedExecutor.
+
+The keyframe bundles then travel between the nodes through rclpy's intra-process path of one
+context (still real topics: RViz, ``ros2 topic echo`` and bag recorders see them). Each node
+runs its callbacks in its own mutually exclusive group, so 2D inference and 3D integration
+overlap. ``--ros-args --params-file F`` applies to both nodes: each reads its own section
+(``perception_node:`` / ``segmentation_node:``).
+
+Run: ``python -m onlineanyseg_ros.ros.pipeline --ros-args --params-file F``.
+"""
+
+import sys
+from typing import Callable, List, Optional, Sequence
+
+import rclpy
+from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
+from rclpy.impl.implementation_singleton import rclpy_implementation
+from rclpy.node import Node
+
+from onlineanyseg_ros.perception.cropformer import CropFormerUnavailable
+from onlineanyseg_ros.ros.params import ConfigError
+
+
+class NodeStartError(RuntimeError):
+    """A node cannot start (e.g. a model failed to load); the message says why."""
+
+
+# Errors that end the start-up with one line on stderr and exit status 1, no stack trace.
+STARTUP_ERRORS = (ConfigError, NodeStartError, CropFormerUnavailable)
+
+
+def run_nodes(factories: Sequence[Callable[[], Node]], argv: Optional[List[str]] = None,
+              multi_threaded: bool = False) -> int:
+    """Init rclpy with ``argv``, build the nodes, spin until Ctrl-C / SIGTERM; return status.
+
+    ``argv`` is a full command line (program name first, ROS arguments after
+    ``--ros-args``); None means ``sys.argv``. Malformed ROS arguments or a start-up error
+    (``STARTUP_ERRORS``) print one line and return 1.
+    """
+    try:
+        rclpy.init(args=argv)
+    except rclpy_implementation.RCLError as error:
+        print(f'onlineanyseg: invalid ROS arguments: {error}', file=sys.stderr)
+        return 1
+    nodes: List[Node] = []
+    try:
+        try:
+            for factory in factories:
+                nodes.append(factory())
+        except STARTUP_ERRORS as error:
+            print(f'onlineanyseg: {error}', file=sys.stderr)
+            return 1
+        executor = MultiThreadedExecutor() if multi_threaded else SingleThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        except rclpy_implementation.RCLError:
+            # rclpy's signal handler may invalidate the context while the executor builds
+            # its wait set (ros2/rclpy#398); that is a normal shutdown, anything else is not.
+            if rclpy.ok():
+                raise
+        finally:
+            executor.shutdown()
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the perception and segmentation nodes together; return the exit code."""
+    from onlineanyseg_ros.ros.perception_node import PerceptionNode
+    from onlineanyseg_ros.ros.segmentation_node import SegmentationNode
+    return run_nodes([PerceptionNode, SegmentationNode], argv, multi_threaded=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
