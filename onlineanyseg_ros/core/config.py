@@ -107,9 +107,10 @@ class SegmenterConfig:
     sim_merge_threshold: float = spec(2.3, 'Stage-1 score threshold on overlap + semantic + '
                                       'geometric terms, when all three are active '
                                       '[seg.sim_merge_thresh].', -3.0, 3.0)
-    sim_merge_threshold_no_semantic: float = spec(1.3, 'Stage-1 threshold when no mask '
-                                                  'features are available (semantic term off).',
-                                                  -3.0, 3.0)
+    inactive_term_credit: float = spec(1.0, 'Stage-1 agreement credited to each inactive term '
+                                       '(semantic without mask features, geometric with '
+                                       'descriptor none): the threshold drops by this much per '
+                                       'inactive term.', 0.0, 1.0)
     merge_overlap_threshold: float = spec(0.4, 'Both containments must exceed this for a '
                                           'similarity merge [seg.merge_overlap_thresh].',
                                           0.0, 1.0)

@@ -95,9 +95,8 @@ def stage1_edges(containment: torch.Tensor, weights: torch.Tensor,
     Args:
         containment: float32 ``(M, M)``.
         weights: int64 ``(M,)`` raw masks per merged mask.
-        features: float32 ``(M, D)`` summed semantic vectors, or None (semantic term 0 and
-            the threshold becomes ``config.sim_merge_threshold_no_semantic``).
-        descriptors: float32 ``(M, Dg)`` geometric descriptors, or None (geometric term 0).
+        features: float32 ``(M, D)`` summed semantic vectors, or None (semantic term off).
+        descriptors: float32 ``(M, Dg)`` geometric descriptors, or None (geometric term off).
         has_descriptor: bool ``(M,)``; edges touching a mask without one are removed.
         config: a ``SegmenterConfig``.
 
@@ -106,11 +105,13 @@ def stage1_edges(containment: torch.Tensor, weights: torch.Tensor,
 
     """
     score = overlap_similarity(containment)
-    threshold = config.sim_merge_threshold_no_semantic
+    # sim_merge_threshold assumes all three terms; an inactive term is credited instead of
+    # counted as disagreement (without it nothing could pass 2.3 with one term missing).
+    inactive_terms = int(features is None) + int(descriptors is None)
+    threshold = config.sim_merge_threshold - inactive_terms * config.inactive_term_credit
     if features is not None:
         score = score + semantic_phi(cosine_matrix(features), config.semantic_min_cosine,
                                      config.semantic_slope)
-        threshold = config.sim_merge_threshold
     if descriptors is not None:
         geometric = cosine_matrix(descriptors)
         score = score + geometric * (has_descriptor[:, None] & has_descriptor[None, :])

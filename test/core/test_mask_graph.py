@@ -1,6 +1,7 @@
 """MaskGraph against a naive Python-set reference of method.md 3.6, 4.5 and 4.7."""
 
 from collections import defaultdict
+from dataclasses import replace
 import random
 
 import numpy as np
@@ -282,18 +283,23 @@ def test_mask_without_descriptor_never_merges():
     assert graph.has_descriptor.tolist() == [True, False]
 
 
-def test_no_semantic_features_use_the_lower_threshold():
+def test_inactive_terms_lower_the_threshold():
     graph = MaskGraph(CONFIG)
     _frame(graph, [(0, 100)])
     _frame(graph, [(50, 150)])
-    # S = S_ov 1 + S_geo 1 = 2 > 1.3 (sim_merge_threshold_no_semantic).
+    # No features: S = S_ov 1 + S_geo 1 = 2 > 2.3 - 1 (one inactive term credited).
     assert graph.merge_round(*_points(150))['stage1_merged'] == 1
     graph = MaskGraph(CONFIG)
     _frame(graph, [(0, 100)])
     _frame(graph, [(50, 150)])
-    # Descriptor 'none': S = 1 < 1.3, but the point count still makes them eligible.
+    # Descriptor 'none' too: S = 1 > 2.3 - 2; the point count still makes them eligible.
+    assert graph.merge_round(torch.arange(150).repeat(2), None)['stage1_merged'] == 1
+    assert graph.has_descriptor.tolist() == [True]
+    graph = MaskGraph(replace(CONFIG, inactive_term_credit=0.5))
+    _frame(graph, [(0, 100)])
+    _frame(graph, [(50, 150)])
+    # Credit 0.5 per inactive term: S = 1 < 2.3 - 1.
     assert graph.merge_round(torch.arange(150).repeat(2), None)['stage1_merged'] == 0
-    assert graph.has_descriptor.tolist() == [True, True]
 
 
 def test_contained_mask_is_absorbed_in_stage2():
