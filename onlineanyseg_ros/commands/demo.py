@@ -1,32 +1,209 @@
-"""`onlineanyseg demo`: the embedded default, end to end, on CPU, without model weights."""
+"""`onlineanyseg demo`: the embedded default end to end, on CPU, without model weights.
+
+1. render a synthetic room with ground truth (ScanNet layout);
+2. write it as a rosbag2 bag (colour, depth, camera_info, /tf, camera pose);
+3. start the perception node (weight-free geometric masks) and the segmentation node in one
+   process (`onlineanyseg_ros.ros.pipeline`) and play the bag into them over real DDS;
+4. call `save_map`, render a PNG of the instances, print AP/AP50/AP25 and stage timings.
+"""
 
 import argparse
+import json
+import os
 import pathlib
+import shutil
+import signal
+import subprocess
+import sys
 import time
+
+EXPECTED_NODE_TOPICS = ('color/image:=/camera/color/image_raw',
+                        'depth/image:=/camera/depth/image_raw',
+                        'depth/camera_info:=/camera/depth/camera_info',
+                        'camera_pose:=/camera/pose')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
     parser = subparsers.add_parser(
-        'demo', help='run the embedded default end to end (synthetic room, no weights)',
-        description='Render a synthetic room with ground truth and print its statistics.')
+        'demo', help='run the embedded default end to end (synthetic room, bag, live nodes)',
+        description=__doc__)
     parser.add_argument('--out', default='demo_output', help='output folder')
-    parser.add_argument('--frames', type=int, default=300, help='frames to render')
+    parser.add_argument('--frames', type=int, default=300, help='frames to render (30 Hz)')
     parser.add_argument('--seed', type=int, default=0, help='scene seed')
+    parser.add_argument('--rate', type=float, default=0.5, help='bag playback rate')
+    parser.add_argument('--timeout', type=float, default=240.0,
+                        help='seconds to wait for the map after playback')
     parser.set_defaults(func=run)
+
+
+def package_file(relative: str) -> pathlib.Path:
+    """Return a file of the package: from its share directory when installed, else the repo."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidate = pathlib.Path(get_package_share_directory('onlineanyseg_ros')) / relative
+        if candidate.exists():
+            return candidate
+    except (ImportError, LookupError, OSError):  # not installed, or no ament index
+        pass
+    return pathlib.Path(__file__).resolve().parents[2] / relative
+
+
+def _params_file(out: pathlib.Path):
+    """Write the demo parameter file (map under ``out``); return it and the keyframe interval."""
+    import yaml
+    document = yaml.safe_load(package_file('config/synthetic.yaml').read_text())
+    keyframe_every = 10
+    for key, section in document.items():
+        if key.endswith('segmentation_node'):
+            section['ros__parameters']['output_dir'] = str(out / 'map')
+        if key.endswith('perception_node'):
+            keyframe_every = section['ros__parameters']['keyframe_every_n_frames']
+    path = out / 'demo_params.yaml'
+    path.write_text(yaml.safe_dump(document))
+    return path, keyframe_every
+
+
+def _prepare(out: pathlib.Path, frames: int, seed: int):
+    """Render the scene (cached) and write its bag; return (scene_dir, bag_dir, keyframes)."""
+    from onlineanyseg_ros.data.bag import write_sequence_bag
+    from onlineanyseg_ros.data.scannet import ScanNetSequence
+    from onlineanyseg_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_sequence
+
+    scene_dir = out / 'scene0000_00'
+    if not (scene_dir / 'meta.json').exists():
+        summary = write_synthetic_sequence(scene_dir, SyntheticSceneConfig(
+            num_frames=frames, seed=seed))
+        print(f'[demo] synthetic room: {summary.num_instances} GT instances, '
+              f'{summary.num_frames} frames, {summary.num_gt_points} GT points, '
+              f'{summary.frames_per_second:.1f} frames/s')
+    sequence = ScanNetSequence(scene_dir)
+    bag_dir = out / 'bag'
+    if bag_dir.exists():
+        shutil.rmtree(bag_dir)
+    bag = write_sequence_bag(sequence, bag_dir, storage='mcap', total=len(sequence))
+    print(f'[demo] bag: {bag["messages"]} messages, {bag["duration_s"]:.1f} s -> {bag_dir}')
+    return scene_dir, bag_dir, len(sequence)
+
+
+def _start_pipeline(params: pathlib.Path) -> subprocess.Popen:
+    """Start both nodes in one process with the demo parameters and camera remaps."""
+    command = [sys.executable, '-m', 'onlineanyseg_ros.ros.pipeline', '--ros-args',
+               '--params-file', str(params)]
+    for remap in EXPECTED_NODE_TOPICS:
+        command += ['-r', remap]
+    # One torch thread per process: the player and the nodes share two cores.
+    return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def _wait_for_map(node, executor, keyframes: int, timeout_s: float) -> dict:
+    """Spin until the segmentation node integrated ``keyframes`` bundles or stalls."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from onlineanyseg_ros.ros.qos import diagnostics_qos
+    latest = {}
+
+    def on_diagnostics(message: DiagnosticArray) -> None:
+        for status in message.status:
+            if 'segmentation' in status.name:
+                latest.update({pair.key: pair.value for pair in status.values})
+
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics,
+                             diagnostics_qos())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.2)
+        done = int(latest.get('mask_insertions', 0)) >= keyframes
+        if done and int(latest.get('bundles_ready', 1)) == 0:
+            break
+    return latest
+
+
+def _save_map(node, executor) -> str:
+    """Call the segmentation node's save_map service; return the directory it wrote."""
+    from std_srvs.srv import Trigger
+    client = node.create_client(Trigger, '/save_map')
+    if not client.wait_for_service(timeout_sec=15.0):
+        raise RuntimeError('save_map service did not appear')
+    future = client.call_async(Trigger.Request())
+    executor.spin_until_future_complete(future, timeout_sec=120.0)
+    response = future.result()
+    if response is None or not response.success:
+        raise RuntimeError(f'save_map failed: {response.message if response else "timeout"}')
+    return response.message
+
+
+def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
+    """Run the nodes, play the bag into them, save the map; return the map directory."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from onlineanyseg_ros.ros.player import BagPlayer
+
+    pipeline = _start_pipeline(params)
+    rclpy.init()
+    node = rclpy.create_node('onlineanyseg_demo')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        player = BagPlayer(node, bag_dir, rate=rate, wait_for_subscribers=4,
+                           wait_timeout_s=60.0)
+        player.start()
+        started = time.monotonic()
+        while not player.finished:
+            executor.spin_once(timeout_sec=0.1)
+            if pipeline.poll() is not None:
+                raise RuntimeError(f'the nodes exited with status {pipeline.returncode}')
+        print(f'[demo] played {sum(player.published.values())} messages in '
+              f'{time.monotonic() - started:.1f} s')
+        diagnostics = _wait_for_map(node, executor, keyframes, timeout_s)
+        print(f'[demo] segmentation node: {diagnostics.get("mask_insertions")} keyframes, '
+              f'{diagnostics.get("merge_rounds")} merge rounds, '
+              f'{diagnostics.get("merged_masks")} merged masks')
+        return _save_map(node, executor)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        pipeline.send_signal(signal.SIGINT)
+        try:
+            pipeline.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pipeline.kill()
+
+
+def _report(scene_dir: pathlib.Path, map_dir: pathlib.Path, out: pathlib.Path) -> None:
+    """Render the instances to PNG and print AP against the ground truth and timings."""
+    import numpy as np
+    from onlineanyseg_ros.core.export import BACKGROUND_GREY, instance_palette
+    from onlineanyseg_ros.eval.ap import average_precision, evaluate_paths
+    from onlineanyseg_ros.eval.render import render_views, save_png
+
+    data = np.load(map_dir / 'instances.npz')
+    ids = data['instance_ids']
+    colors = np.full((ids.size, 3), BACKGROUND_GREY, np.uint8)
+    colors[ids > 0] = instance_palette(data['uids'])[ids[ids > 0] - 1]
+    png = out / 'instances.png'
+    save_png(png, render_views(data['points'], colors,
+                               title=f'{int(ids.max(initial=0))} instances'))
+    scene = evaluate_paths(map_dir, scene_dir / f'{scene_dir.name}_vh_clean_2.ply',
+                           scene_dir / f'{scene_dir.name}.txt', name=scene_dir.name)
+    metrics = average_precision([scene])
+    print(f'[demo] {int(ids.max(initial=0))} instances -> {png}')
+    print(f'[demo] class-agnostic AP {metrics["ap"]:.3f}  AP50 {metrics["ap50"]:.3f}  '
+          f'AP25 {metrics["ap25"]:.3f}  ({scene_dir.name}, geometric masks, no weights)')
+    timings = json.loads((map_dir / 'summary.json').read_text()).get('timings_ms', {})
+    print('[demo] segmentation stage latency (ms): ' + ', '.join(
+        f'{stage} p50 {values["p50_ms"]:.0f} / p95 {values["p95_ms"]:.0f}'
+        for stage, values in timings.items()))
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `onlineanyseg demo`."""
-    from onlineanyseg_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_sequence
-
-    out = pathlib.Path(args.out)
     started = time.perf_counter()
-    scene_dir = out / 'scene0000_00'
-    summary = write_synthetic_sequence(scene_dir, SyntheticSceneConfig(
-        num_frames=args.frames, seed=args.seed))
-    print(f'[demo] synthetic room: {summary.num_instances} GT instances, '
-          f'{summary.num_frames} frames, {summary.num_gt_points} GT points, '
-          f'{summary.frames_per_second:.1f} frames/s -> {scene_dir}')
-    print(f'[demo] done in {time.perf_counter() - started:.1f} s')
+    out = pathlib.Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    scene_dir, bag_dir, frames = _prepare(out, args.frames, args.seed)
+    params, keyframe_every = _params_file(out)
+    keyframes = -(-frames // keyframe_every)
+    map_dir = pathlib.Path(_play_and_save(bag_dir, params, keyframes, args.rate, args.timeout))
+    _report(scene_dir, map_dir, out)
+    print(f'[demo] done in {time.perf_counter() - started:.0f} s')
     return 0
