@@ -8,6 +8,7 @@ Deliberate deviations from the reference export, kept in docs/method.md:
 """
 
 from dataclasses import dataclass
+import itertools
 import os
 import pathlib
 from typing import Dict, List, Optional
@@ -19,6 +20,9 @@ from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.graph_ops import connected_components, radius_pairs
 
 BACKGROUND_GREY = 200
+# Offsets (dx, dy, dz) > (0, 0, 0) in lexicographic order: one of each +-pair of 26.
+_HALF_NEIGHBORHOOD = tuple(offset for offset in itertools.product((-1, 0, 1), repeat=3)
+                           if offset > (0, 0, 0))
 
 
 def instance_palette(uids: np.ndarray) -> np.ndarray:
@@ -114,18 +118,70 @@ def _smallest_cover(point_index: torch.Tensor, instance: torch.Tensor,
     return keep
 
 
-def _largest_linked_component(points: torch.Tensor, instance: torch.Tensor,
-                              radius: float) -> torch.Tensor:
-    """Bool mask of the points in the largest ``radius`` single-linkage component per instance."""
-    i, j = radius_pairs(points, instance, radius)
-    component = connected_components(points.shape[0], i, j)
-    sizes = torch.bincount(component, minlength=points.shape[0])
-    num_instances = int(instance.max()) + 1
-    # Largest component per instance; ties go to the smallest component label.
-    best = torch.full((num_instances,), -1, dtype=torch.int64, device=points.device)
-    score = sizes[component] * (points.shape[0] + 1) + (points.shape[0] - component)
+def _largest_component_per_instance(component: torch.Tensor, instance: torch.Tensor,
+                                    weight: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the nodes in the heaviest component of their instance.
+
+    ``component`` int64 ``(n,)`` labels in ``[0, n)``, ``instance`` int64 ``(n,)``, ``weight``
+    int64 ``(n,)`` points per node. Ties go to the smallest component label.
+    """
+    num = component.numel()
+    sizes = torch.zeros(num, dtype=torch.int64, device=component.device).index_add_(
+        0, component, weight)
+    score = sizes[component] * (num + 1) + (num - component)
+    best = torch.full((int(instance.max()) + 1,), -1, dtype=torch.int64,
+                      device=component.device)
     best.scatter_reduce_(0, instance, score, reduce='amax')
     return score == best[instance]
+
+
+def largest_linked_component_exact(points: torch.Tensor, instance: torch.Tensor,
+                                   radius: float) -> torch.Tensor:
+    """Bool mask of the points in the largest ``radius`` single-linkage component per instance.
+
+    Exact (all point pairs within ``radius``); costs ``O(points x neighbours)``, which is
+    seconds for a few hundred thousand points on a CPU. ``points`` float ``(P, 3)`` metres,
+    ``instance`` int64 ``(P,)``.
+    """
+    i, j = radius_pairs(points, instance, radius)
+    component = connected_components(points.shape[0], i, j)
+    return _largest_component_per_instance(component, instance, torch.ones_like(instance))
+
+
+def largest_linked_component(points: torch.Tensor, instance: torch.Tensor,
+                             radius: float) -> torch.Tensor:
+    """Lattice approximation of ``largest_linked_component_exact``.
+
+    Points fall into cubic cells of edge ``radius / 2``; occupied cells of one instance are
+    linked when they touch (26-adjacency) and a point belongs to its cell's component. Two
+    linked points are at most ``2 sqrt(3) radius / 2 = 1.73 radius`` apart, and points closer
+    than ``radius / 2`` always lie in touching cells, so components agree with the exact ones
+    whenever gaps between clusters exceed ``1.73 radius`` and clusters are sampled densely
+    (spacing below ``radius / 2``, true for surface voxels of 2.5 cm and radius 0.1 m).
+    Cost: one sort of the points and 13 ``searchsorted`` passes over the occupied cells.
+    """
+    device = points.device
+    cells = torch.floor(points / (0.5 * radius)).to(torch.int64)
+    low = cells.min(0).values
+    cells = cells - low + 1  # a one-cell margin keeps neighbour codes of one instance apart
+    extent = (cells.max(0).values + 2).tolist()
+    if (int(instance.max()) + 1) * extent[0] * extent[1] * extent[2] >= 1 << 62:
+        raise ValueError('export clustering grid too large for int64 codes')
+    strides = torch.tensor([extent[1] * extent[2], extent[2], 1], device=device)
+    codes = instance * (extent[0] * extent[1] * extent[2]) + (cells * strides).sum(1)
+    cell_codes, point_cell, cell_points = torch.unique(codes, return_inverse=True,
+                                                       return_counts=True)
+    cell_instance = torch.div(cell_codes, extent[0] * extent[1] * extent[2],
+                              rounding_mode='floor')
+    # Half of the 26 offsets suffice: every adjacent pair is found from its lower cell.
+    offsets = torch.tensor(_HALF_NEIGHBORHOOD, dtype=torch.int64, device=device)
+    wanted = cell_codes[:, None] + (offsets * strides).sum(1)[None, :]
+    found = torch.searchsorted(cell_codes, wanted).clamp_(max=cell_codes.numel() - 1)
+    linked = cell_codes[found] == wanted
+    source = torch.arange(cell_codes.numel(), device=device)[:, None].expand_as(found)
+    component = connected_components(cell_codes.numel(), source[linked], found[linked])
+    keep_cell = _largest_component_per_instance(component, cell_instance, cell_points)
+    return keep_cell[point_cell]
 
 
 def export_instances(surface, graph, config: SegmenterConfig) -> ExportedMap:
@@ -142,8 +198,8 @@ def export_instances(surface, graph, config: SegmenterConfig) -> ExportedMap:
     keep = _smallest_cover(point_index, merged, counts)
     point_index, merged = point_index[keep], merged[keep]
     if point_index.numel() and config.export_cluster_radius_m > 0:
-        keep = _largest_linked_component(surface.points[point_index], merged,
-                                         config.export_cluster_radius_m)
+        keep = largest_linked_component(surface.points[point_index], merged,
+                                        config.export_cluster_radius_m)
         point_index, merged = point_index[keep], merged[keep]
     counts = torch.bincount(merged, minlength=num_merged)
     survivors = torch.nonzero(counts > config.export_min_points_final).flatten()

@@ -16,7 +16,7 @@ coordinates. State (all on ``device``):
 
 Host syncs happen only where a size must be known: the largest inserted slot (to grow the
 bitset), the lengths of joined index lists (``repeat_interleave`` output sizes), the
-number of overlapping pairs, the chunk bounds of the visibility gather, and (merge rounds
+number of overlapping pairs, the pattern chunks of the visibility count, and (merge rounds
 only) the merge decisions.
 """
 
@@ -30,7 +30,7 @@ from onlineanyseg_ros.core.config import SegmenterConfig
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
 _SLOT_MASK = (1 << _KEY_SHIFT) - 1
-_VISIBILITY_CHUNK_WORDS = 1 << 22  # bounds the temporary memory of one visibility gather
+_VISIBILITY_CELLS = 1 << 24  # bounds the (mask, pattern) count matrix of one step
 
 
 def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
@@ -377,44 +377,67 @@ class MaskGraph:
         if target_limit is not None:
             overlap[:, target_limit:] = 0
         rows, targets = torch.nonzero(overlap, as_tuple=True)
+        if not rows.numel():
+            return
         shared = overlap[rows, targets]
         queries = query_ids[rows]
         cfg = self.config
         gates = (cfg.contain_min, cfg.visible_ratio_min, cfg.visible_min_voxels)
         if query_frame is None:
-            targets_seen = self._visible_counts(targets, queries)
+            # One square visibility matrix over every mask involved serves both directions.
+            involved, position = torch.unique(torch.cat([queries, targets]),
+                                              return_inverse=True)
+            query_col, target_col = position.split(rows.numel())
+            visibility = self._visibility(involved, involved)
+            targets_seen = visibility[target_col, query_col]
+            queries_seen = visibility[query_col, target_col]
         else:
-            distinct, inverse = torch.unique(targets, return_inverse=True)
-            targets_seen = self._frame_visible_counts(distinct, query_frame)[inverse]
+            distinct, target_col = torch.unique(targets, return_inverse=True)
+            targets_seen = self._frame_visible_counts(distinct, query_frame)[target_col]
+            queries_seen = self._visibility(query_ids, distinct)[rows, target_col]
         query_contains = merging.gated_containment(
             shared, targets_seen, self._voxel_counts[targets], *gates)
         target_contains = merging.gated_containment(
-            shared, self._visible_counts(queries, targets), self._voxel_counts[queries],
-            *gates)
+            shared, queries_seen, self._voxel_counts[queries], *gates)
         self._containment[queries, targets] = query_contains
         self._containment[targets, queries] = target_contains
 
-    def _visible_counts(self, seen: torch.Tensor, observers: torch.Tensor) -> torch.Tensor:
-        """Count voxels of mask ``seen[i]`` observed in any frame of mask ``observers[i]``.
+    def _visibility(self, seen: torch.Tensor, observers: torch.Tensor) -> torch.Tensor:
+        """Return int64 ``(n, m)`` ``vis(seen[i] | observers[j])`` for all pairs.
 
-        ``vis(a|b) = |{v in V_a : obs[v] & frames[b] != 0}|`` for ``n`` pairs, int64
-        ``(n,)``; pairs are processed in chunks that gather a bounded number of words.
+        ``vis(a|b) = |{v in V_a : obs[v] & frames[b] != 0}|``. The voxels of ``seen`` are
+        grouped by their observation pattern (few distinct patterns per mask), so the count
+        is two small exact float matmuls: voxels per (mask, pattern) times "pattern shares
+        a frame with the observer".
         """
-        result = self._long(seen.numel())
-        if not seen.numel():
-            return result
-        ends = torch.cumsum(self._voxel_counts[seen], 0).cpu()  # sync: chunk sizes
-        per_chunk = max(_VISIBILITY_CHUNK_WORDS // self._obs.shape[1], 1)
-        total = int(ends[-1])
-        cuts = torch.searchsorted(ends, torch.arange(per_chunk, max(total, per_chunk),
-                                                     per_chunk), right=True).tolist()
-        bounds = sorted({0, seen.numel(), *cuts})
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            owner, slots = self._mask_voxels(seen[start:stop])
-            words = self._obs[slots] & self._frames[observers[start:stop]][owner]
-            hits = (words != 0).any(1).to(torch.int64)
-            result[start:stop] = self._long(stop - start).index_add_(0, owner, hits)
-        return result
+        owner, slots = self._mask_voxels(seen)
+        words = self._obs[slots]
+        if words.shape[1] == 1:
+            # One sort gives the distinct patterns and the voxels grouped by pattern.
+            sorted_words, order = torch.sort(words[:, 0])
+            patterns, pattern_of_voxel = torch.unique_consecutive(sorted_words,
+                                                                  return_inverse=True)
+            patterns = patterns[:, None]
+            owner = owner[order]
+        else:
+            patterns, pattern_of_voxel = torch.unique(words, dim=0, return_inverse=True)
+            order = torch.argsort(pattern_of_voxel)
+            owner, pattern_of_voxel = owner[order], pattern_of_voxel[order]
+        observer_frames = _unpack_bits(self._frames[observers]).to(torch.float32)
+        result = torch.zeros((seen.numel(), observers.numel()), device=self.device)
+        step = max(_VISIBILITY_CELLS // max(seen.numel(), 1), 1)
+        for first in range(0, patterns.shape[0], step):
+            last = min(first + step, patterns.shape[0])
+            low, high = torch.searchsorted(
+                pattern_of_voxel, torch.tensor([first, last], device=self.device)).tolist()
+            # Float32 is exact here: every count stays far below 2**24.
+            per_pattern = torch.bincount(
+                owner[low:high] * (last - first) + pattern_of_voxel[low:high] - first,
+                minlength=seen.numel() * (last - first)).view(seen.numel(), last - first)
+            shares_frame = (_unpack_bits(patterns[first:last]).to(torch.float32)
+                            @ observer_frames.T) > 0
+            result += per_pattern.to(torch.float32) @ shares_frame.to(torch.float32)
+        return torch.round(result).to(torch.int64)
 
     def _frame_visible_counts(self, ids: torch.Tensor, frame: int) -> torch.Tensor:
         """Count voxels of masks ``ids`` observed in ``frame``, int64 ``(n,)``."""

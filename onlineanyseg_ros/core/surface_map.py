@@ -92,7 +92,10 @@ class SurfaceMap:
         arrays['color_sum'].index_add_(0, slots,
                                        colors.to(device=self.device, dtype=torch.int64))
         arrays['pixel_count'].index_add_(0, slots, torch.ones_like(slots))
-        arrays['observations'][torch.unique(slots)] += 1
+        # Gather then scatter: duplicate slots all write the same incremented value, so each
+        # voxel counts this frame once without sorting the slots.
+        observations = arrays['observations']
+        observations[slots] = observations[slots] + 1
         view = camera_center.to(device=self.device, dtype=torch.float64) - points
         view = view / torch.linalg.vector_norm(view, dim=1, keepdim=True).clamp_min(1e-12)
         arrays['view_sum'].index_add_(0, slots, view)

@@ -135,20 +135,24 @@ class VoxelHash:
             return torch.empty(keys.shape, dtype=torch.int64, device=self.device)
         if bool((flat < 0).any()):
             raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
-        unique_keys, inverse = torch.unique(flat, return_inverse=True)
-        slots = self._probe_lookup(unique_keys)
+        # Runs of equal keys (neighbouring pixels, sorted key lists) collapse in O(n); a full
+        # sort is only paid for the keys that are absent, usually a small share.
+        run_keys, run_of_key = torch.unique_consecutive(flat, return_inverse=True)
+        slots = self._probe_lookup(run_keys)
         absent = torch.nonzero(slots < 0).squeeze(1)
-        num_new = absent.numel()
-        if num_new > 0:
-            positions = torch.arange(flat.numel(), device=self.device)
-            first_seen = torch.full_like(unique_keys, flat.numel()).scatter_reduce_(
-                0, inverse, positions, reduce='amin')
-            absent = absent[torch.argsort(first_seen[absent])]
+        if absent.numel() > 0:
+            new_keys, inverse = torch.unique(run_keys[absent], return_inverse=True)
+            num_new = new_keys.numel()
+            first_seen = torch.full_like(new_keys, absent.numel()).scatter_reduce_(
+                0, inverse, torch.arange(absent.numel(), device=self.device), reduce='amin')
+            order = torch.argsort(first_seen)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(num_new, device=self.device)
             new_slots = torch.arange(self._num_slots, self._num_slots + num_new,
                                      device=self.device)
-            slots[absent] = new_slots
-            self._append(unique_keys[absent], new_slots)
-        return slots[inverse].reshape(keys.shape)
+            slots[absent] = new_slots[rank[inverse]]
+            self._append(new_keys[order], new_slots)
+        return slots[run_of_key].reshape(keys.shape)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Return the slot keys (int64 ``(num_slots,)``, CPU); slot ``s`` holds ``keys[s]``."""
@@ -191,11 +195,15 @@ class VoxelHash:
         rounds read a window of ``_PROBE_WINDOW`` buckets per remaining key, so even long
         probe runs take few rounds.
         """
-        slots = torch.full_like(keys, -1)
         mask = self.table_size - 1
-        searching = torch.arange(keys.numel(), device=self.device)
         positions = _hash(keys, mask)
-        width = 1
+        # Home buckets first, without windows: most keys end here.
+        stored = self._table_keys[positions]
+        slots = torch.where(stored == keys, self._table_slots[positions], -1)
+        searching = torch.nonzero((stored != keys) & (stored != EMPTY_KEY)).squeeze(1)
+        keys = keys[searching]
+        positions = (positions[searching] + 1) & mask
+        width = _PROBE_WINDOW
         while searching.numel() > 0:
             window = (positions[:, None] + torch.arange(width, device=self.device)) & mask
             stored = self._table_keys[window]
@@ -212,7 +220,6 @@ class VoxelHash:
             searching = searching[going_on]
             keys = keys[going_on]
             positions = (positions[going_on] + width) & mask
-            width = _PROBE_WINDOW
         return slots
 
     def _probe_insert(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
