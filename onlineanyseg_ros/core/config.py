@@ -130,9 +130,10 @@ class SegmenterConfig:
                                  '[seg.mask_weight_threshold].', 1, 10 ** 6)
     singleton_expiry_keyframes: int = spec(20, 'Never-merged masks older than this many mask '
                                            'insertions are pruned.', 1, 10 ** 6)
-    descriptor: str = spec('fpfh', 'Geometric descriptor of the stage-1 score: fpfh (weight-free, '
-                           'on the device), fcgf (learned, needs weights) or none.',
-                           choices=('fpfh', 'fcgf', 'none'))
+    descriptor: str = spec('none', 'Geometric descriptor of the stage-1 score: none (term '
+                           'credited, the CPU default), fpfh (weight-free, for GPUs) or fcgf '
+                           '(learned, needs MinkowskiEngine and weights).',
+                           choices=('none', 'fpfh', 'fcgf'))
     descriptor_radius_m: float = spec(0.075, 'Neighbourhood radius of the FPFH descriptor.',
                                       0.01, 1.0)
     fcgf_weights_path: str = spec('', 'FCGF checkpoint (ResUNetBN2C-16feat-3conv.pth) for the '

@@ -88,6 +88,7 @@ def test_isolated_point_gets_zero_row():
 
 def test_make_descriptor():
     assert make_descriptor(SegmenterConfig(descriptor='none')) is None
-    assert isinstance(make_descriptor(SegmenterConfig()), FpfhDescriptor)
+    assert make_descriptor(SegmenterConfig()) is None  # the CPU default
+    assert isinstance(make_descriptor(SegmenterConfig(descriptor='fpfh')), FpfhDescriptor)
     with pytest.raises((ImportError, FileNotFoundError), match='fcgf'):
         make_descriptor(SegmenterConfig(descriptor='fcgf'))
