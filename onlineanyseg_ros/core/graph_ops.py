@@ -147,7 +147,8 @@ def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor) -> to
     """Label the connected components of an undirected graph.
 
     Min-label hooking (``scatter_reduce amin`` of root labels along the edges) alternated
-    with pointer jumping until no edge joins two labels; O(log n) rounds in practice.
+    with pointer jumping until no edge joins two labels; O(log n) rounds in practice. Edges
+    whose ends share a label drop out after each round (they stay joined).
 
     Args:
         num_nodes: number of nodes.
@@ -159,17 +160,18 @@ def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor) -> to
     """
     labels = torch.arange(num_nodes, dtype=torch.int64, device=i.device)
     while i.numel() > 0:
-        label_i, label_j = labels[i], labels[j]
+        label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
         joining = label_i != label_j
         if not bool(joining.any()):
             break
-        low = torch.minimum(label_i, label_j)[joining]
-        high = torch.maximum(label_i, label_j)[joining]
+        i, j = i[joining], j[joining]
+        label_i, label_j = label_i[joining], label_j[joining]
         # After full pointer jumping every label is a root, so this hooks roots onto smaller
         # roots only and labels[x] <= x stays true.
-        labels.scatter_reduce_(0, high, low, reduce='amin')
+        labels.scatter_reduce_(0, torch.maximum(label_i, label_j),
+                               torch.minimum(label_i, label_j), reduce='amin')
         while True:
-            jumped = labels[labels]
+            jumped = labels.index_select(0, labels)
             if torch.equal(jumped, labels):
                 break
             labels = jumped
@@ -233,25 +235,30 @@ def _sum_smallest(query_index: torch.Tensor, distance: torch.Tensor, found: torc
 
 
 def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
-                      initial_radius: float,
-                      initial_neighbors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                      initial_radius: float, candidates: Optional[torch.Tensor] = None
                       ) -> torch.Tensor:
-    """Mean distance of each point to its ``k`` nearest points of the same batch (exact).
+    """Mean distance of each point to its ``k`` nearest points of the same batch.
 
     Like Open3D's ``SearchKNN`` on a cloud that contains the query: the point itself counts
     as a neighbour at distance 0, and a batch with fewer than ``k`` points uses all of
-    them. Exact by construction: a radius search is complete for every point that finds at
-    least ``min(k, batch size)`` points within the radius; the others repeat with a doubled
-    radius.
+    them (``need = min(k, batch size)``).
+
+    With ``candidates``, a row holding ``need`` finite distances takes their mean: exact
+    when the candidate set of that row held every point of the batch closer than its
+    ``need``-th smallest candidate distance, otherwise an overestimate (the true
+    neighbours are at most as far). Every other point is exact by
+    construction: a radius search is complete for every point that finds at least
+    ``need`` points within the radius; the others repeat with a doubled radius.
 
     Args:
-        points: float ``(P, 3)``.
+        points: float ``(P, 3)``, finite.
         batch: int64 ``(P,)`` ids >= 0.
         k: neighbours (>= 1).
         initial_radius: first search radius; pick it so most points find ``k`` neighbours.
-        initial_neighbors: optional ``(query_index, distance)`` of
-            ``radius_search(points, batch, points, batch, initial_radius)`` to reuse for the
-            first round.
+        candidates: optional ``points.dtype`` ``(P, W)``, ``W <= k``: per point, the ``W``
+            smallest distances to a candidate set of distinct points of its batch (itself
+            included at 0), in any order, ``inf`` where the set is smaller (e.g.
+            ``topk(k, largest=False, sorted=False).values`` of a wider table).
 
     Returns:
         ``points.dtype`` ``(P,)`` mean distances.
@@ -265,13 +272,23 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
         raise ValueError('knn_mean_distance needs finite points')
     need = torch.bincount(batch).clamp(max=k)[batch]
     pending = torch.arange(points.shape[0], device=device)
+    if candidates is not None:
+        if candidates.shape[1] > k:
+            raise ValueError('knn_mean_distance takes at most k candidates per point')
+        finite = torch.isfinite(candidates)
+        # A row never holds more finite entries than its batch has points, so a row with
+        # need = batch size < k finite entries holds the whole batch.
+        enough = finite.sum(1) >= need
+        sums = torch.where(finite, candidates, 0.0).sum(1)
+        result = torch.where(enough, sums / need.to(points.dtype), 0.0)
+        pending = pending[~enough]
     radius = initial_radius
     while pending.numel() > 0:
-        if initial_neighbors is not None and radius == initial_radius:
-            query_index, distance = initial_neighbors
-        else:
-            query_index, _, distance = radius_search(points[pending], batch[pending], points,
-                                                     batch, radius)
+        # Only the batches of pending points can hold their neighbours.
+        involved = torch.bincount(batch[pending], minlength=int(batch.max()) + 1) > 0
+        reference = torch.nonzero(involved[batch]).squeeze(1)
+        query_index, _, distance = radius_search(points[pending], batch[pending],
+                                                 points[reference], batch[reference], radius)
         found = torch.bincount(query_index, minlength=pending.numel())
         complete = found >= need[pending]
         keep = complete[query_index]
@@ -288,3 +305,79 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
 def knn_initial_radius(spacing: float, k: int) -> float:
     """Radius at which a surface sampled every ``spacing`` holds about ``k`` points."""
     return spacing * max(1.0, 0.55 * math.sqrt(k))
+
+
+def lattice_offsets(reach: int, max_gap: Optional[float] = None,
+                    device: Optional[torch.device] = None) -> torch.Tensor:
+    """Return the int64 ``(K, 3)`` cell offsets of the window ``[-reach, reach]^3``.
+
+    With ``max_gap``, only offsets whose gap is at most ``max_gap`` are kept; the gap of
+    offset ``o`` is the smallest distance, in cell edges, between two points of unit cells
+    ``o`` apart: ``sqrt(sum(max(|o_a| - 1, 0)^2))``. Lexicographic order: the set is
+    symmetric, the zero offset is the middle row and row ``K - 1 - r`` holds ``-offsets[r]``.
+    """
+    steps = torch.arange(-reach, reach + 1, device=device)
+    offsets = torch.cartesian_prod(steps, steps, steps).reshape(-1, 3)
+    if max_gap is None:
+        return offsets
+    gap = (offsets.abs() - 1).clamp(min=0).square().sum(1)
+    return offsets[gap <= max_gap * max_gap]
+
+
+def lattice_neighbors(cells: torch.Tensor, batch: torch.Tensor, num_batches: int,
+                      offsets: torch.Tensor, max_table_entries: int = 1 << 24
+                      ) -> torch.Tensor:
+    """Find, for each occupied cell, the occupied cells of its batch at fixed offsets.
+
+    Each batch gets its own dense box: its cells' bounding box padded by the window reach
+    on every side, so that a neighbour is a fixed code offset away and never wraps into
+    another row or batch. When the boxes hold at most ``max_table_entries`` cells in all,
+    one int32 table over them answers every lookup by a gather; otherwise the codes are
+    sorted once and looked up with ``searchsorted``. Host syncs: the box extents.
+
+    Args:
+        cells: int64 ``(N, 3)`` integer cell coordinates; (batch, cell) pairs are unique.
+        batch: int64 ``(N,)`` in ``[0, num_batches)``.
+        num_batches: number of batches.
+        offsets: int64 ``(K, 3)`` cell offsets (e.g. ``lattice_offsets``).
+        max_table_entries: largest dense table (int32 entries) before the sorted search.
+
+    Returns:
+        int32 ``(N, K)``: row of ``cells`` holding ``cells[n] + offsets[k]`` in the batch of
+        ``n``, or ``N`` where no cell is there (a padding row for gathers).
+
+    """
+    device = cells.device
+    num_cells = cells.shape[0]
+    if num_cells == 0 or offsets.shape[0] == 0:
+        return torch.full((num_cells, offsets.shape[0]), num_cells, dtype=torch.int32,
+                          device=device)
+    if num_cells >= (1 << 31) - 1:
+        raise ValueError('lattice_neighbors supports fewer than 2^31 cells')
+    reach = int(offsets.abs().max())
+    index = batch[:, None].expand(-1, 3)
+    lower = torch.zeros((num_batches, 3), dtype=torch.int64, device=device).scatter_reduce_(
+        0, index, cells, reduce='amin', include_self=False)
+    upper = torch.zeros_like(lower).scatter_reduce_(0, index, cells, reduce='amax',
+                                                    include_self=False)
+    present = torch.bincount(batch, minlength=num_batches) > 0
+    extent = torch.where(present[:, None], upper - lower + 1 + 2 * reach, 0)
+    total = sum(math.prod(sizes) for sizes in extent.tolist())
+    if total >= _MAX_CODE:
+        raise ValueError('lattice_neighbors: cells too spread out for int64 codes')
+    strides = torch.stack((extent[:, 1] * extent[:, 2], extent[:, 2],
+                           torch.ones_like(extent[:, 2])), dim=1)
+    volume = extent.prod(1)
+    base = torch.cumsum(volume, 0) - volume
+    code = base[batch] + ((cells - lower[batch] + reach) * strides[batch]).sum(1)
+    offset_code = (strides[:, None, :] * offsets[None, :, :]).sum(2)
+    code_dtype = torch.int32 if total < 1 << 31 else torch.int64
+    wanted = code.to(code_dtype)[:, None] + offset_code.to(code_dtype).index_select(0, batch)
+    if total <= max_table_entries:
+        table = torch.full((total,), num_cells, dtype=torch.int32, device=device)
+        table[code] = torch.arange(num_cells, dtype=torch.int32, device=device)
+        return table.index_select(0, wanted.reshape(-1)).reshape(wanted.shape)
+    sorted_code, order = torch.sort(code.to(code_dtype))
+    slot = torch.searchsorted(sorted_code, wanted).clamp_(max=num_cells - 1)
+    found = sorted_code[slot] == wanted
+    return torch.where(found, order.to(torch.int32)[slot], num_cells)

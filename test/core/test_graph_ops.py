@@ -8,7 +8,8 @@ from scipy.spatial import cKDTree
 import torch
 
 from onlineanyseg_ros.core.graph_ops import (connected_components, knn_mean_distance,
-                                             radius_pairs, radius_search, segment_mode)
+                                             lattice_neighbors, lattice_offsets, radius_pairs,
+                                             radius_search, segment_mode)
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
@@ -130,3 +131,62 @@ def test_knn_mean_distance_rejects_non_finite_points():
     with pytest.raises(ValueError, match='finite'):
         knn_mean_distance(torch.tensor([[0.0, 0.0, float('nan')]]),
                           torch.zeros(1, dtype=torch.int64), 3, 0.1)
+
+
+def test_lattice_offsets_window_and_gap_filter():
+    full = lattice_offsets(2)
+    assert full.shape == (125, 3)
+    assert full[62].tolist() == [0, 0, 0]
+    assert torch.equal(full.flip(0), -full)
+    # Gap <= 1: at most one coordinate of magnitude 2 (27 + 3 * 2 * 9 offsets).
+    window = lattice_offsets(2, 1.2)
+    assert window.shape == (81, 3)
+    assert int(((window.abs() == 2).sum(1) <= 1).sum()) == 81
+    assert torch.equal(window.flip(0), -window)
+    assert lattice_offsets(2, 0.0).shape == (27, 3)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('max_table_entries', [1 << 24, 0])
+def test_lattice_neighbors_match_dictionary_lookup(device, max_table_entries):
+    rng = np.random.default_rng(5)
+    cells = rng.integers(-6, 6, (900, 3))
+    batch = rng.integers(0, 3, 900)
+    cells[batch == 2] += 1000  # a far batch: its own box
+    _, first = np.unique(np.column_stack([batch, cells]), axis=0, return_index=True)
+    cells, batch = cells[first], batch[first]
+    offsets = lattice_offsets(2, 1.0)
+    found = lattice_neighbors(torch.tensor(cells, device=device),
+                              torch.tensor(batch, device=device), 4,
+                              offsets.to(device), max_table_entries).cpu().numpy()
+    row_of = {(b, *cell): row for row, (b, cell) in enumerate(zip(batch, map(tuple, cells)))}
+    expected = np.array([[row_of.get((b, *(cell + offset)), len(cells))
+                          for offset in offsets.numpy()] for b, cell in zip(batch, cells)])
+    np.testing.assert_array_equal(found, expected)
+    assert (found < len(cells)).sum() > len(cells)  # neighbours were found
+
+
+def test_knn_mean_distance_with_candidates():
+    points, batch = _clustered_points(6, num_points=600, num_batches=3)
+    points = np.concatenate([points, [[5.0, 5.0, 5.0], [5.01, 5.0, 5.0]]])
+    batch = np.concatenate([batch, [7, 7]])
+    k = 10
+    exact = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02)
+    distance = np.linalg.norm(points[:, None] - points[None], axis=2)
+    distance[batch[:, None] != batch[None]] = np.inf
+    nearest = torch.tensor(distance).topk(k, dim=1, largest=False, sorted=False).values
+    # Complete candidate sets give the exact result; too few candidates (every other row
+    # keeps only 3) fall back to the exact search.
+    full = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02, nearest)
+    torch.testing.assert_close(full, exact, rtol=1e-12, atol=1e-15)
+    partial = nearest.clone()
+    partial[::2, 3:] = np.inf
+    mixed = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02, partial)
+    torch.testing.assert_close(mixed, exact, rtol=1e-12, atol=1e-15)
+    # Candidates missing a true neighbour overestimate.
+    missing = torch.tensor(np.sort(distance, axis=1)[:, 1:k + 1])
+    missing[:, 0] = 0.0
+    assert bool((knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02,
+                                   missing)[:-2] > exact[:-2]).all())
+    with pytest.raises(ValueError, match='at most k'):
+        knn_mean_distance(torch.tensor(points), torch.tensor(batch), 3, 0.02, nearest)

@@ -10,10 +10,10 @@ import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.geometry import backproject, camera_center, transform_points
-from onlineanyseg_ros.core.graph_ops import radius_pairs
-from onlineanyseg_ros.core.lifting import (associate_voxels, dbscan_largest_label,
-                                           DROP_REASONS, lift_masks, statistical_inliers,
-                                           voxel_downsample)
+from onlineanyseg_ros.core.graph_ops import lattice_offsets, radius_pairs
+from onlineanyseg_ros.core.lifting import (_denoise, _forward_window, associate_voxels,
+                                           dbscan_largest_label, DROP_REASONS, lift_masks,
+                                           statistical_inliers, voxel_downsample)
 from onlineanyseg_ros.core.voxel_hash import unpack_keys
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -207,9 +207,16 @@ def test_backproject_matches_pinhole_formula_and_validity():
 def test_voxel_downsample_matches_open3d_convention():
     rng = np.random.default_rng(1)
     points = [rng.normal(center, 0.05, (300, 3)) for center in ([0, 0, 0], [1, -1, 2])]
-    cells, cell_mask = voxel_downsample(torch.tensor(np.concatenate(points)),
-                                        torch.repeat_interleave(torch.arange(2), 300), 2,
-                                        0.025)
+    cells, cell_mask, cell_ijk = voxel_downsample(
+        torch.tensor(np.concatenate(points)), torch.repeat_interleave(torch.arange(2), 300),
+        2, 0.025)
+    # One mean per (mask, cell), inside its cell of the grid anchored at min - voxel / 2.
+    assert torch.unique(torch.column_stack([cell_mask, cell_ijk]), dim=0).shape[0] == len(cells)
+    for mask, mask_points in enumerate(points):
+        anchor = mask_points.min(0) - 0.0125
+        rows = (cell_mask == mask).numpy()
+        local = (cells.numpy()[rows] - anchor) / 0.025 - cell_ijk.numpy()[rows]
+        assert local.min() >= -1e-9 and local.max() <= 1 + 1e-9
     for mask, mask_points in enumerate(points):
         expected = reference_downsample(mask_points, 0.025)
         got = cells[cell_mask == mask].numpy()
@@ -430,3 +437,49 @@ def test_all_masks_denoised_away():
     frame = _lift(points, np.ones((30, 30), bool), np.ones((30, 30), np.int32), CONFIG)
     assert frame.num_masks == 0 and frame.dropped['few_points'] == 1
     assert frame.observed_keys.numel() == 0
+
+
+# ---------------------------------------------------------------- window approximation
+
+
+def surface_cells(seed=7, config=CONFIG):
+    """Downsampled cells of four noisy tilted / curved surface masks, as in a room."""
+    rng = np.random.default_rng(seed)
+    u, v = np.meshgrid(np.linspace(0, 1.2, 150), np.linspace(0, 0.9, 110))
+    u, v = u.reshape(-1), v.reshape(-1)
+    surfaces = [np.column_stack([u, v, 0.3 * u + 0.1 * v]),
+                np.column_stack([u, 0.2 + 0.05 * np.sin(6 * u), v]) + [1.5, 0, 0],
+                np.column_stack([0.4 * np.cos(2 * u), 0.4 * np.sin(2 * u), v]) + [0, 2, 0],
+                np.column_stack([u, v, 0.7 * v]) + [3, 0, 0]]
+    points = np.concatenate(surfaces) + rng.normal(0, 0.003, (len(u) * 4, 3))
+    flying = rng.random(len(points)) < 0.01
+    points[flying] += rng.uniform(-0.2, 0.2, (int(flying.sum()), 3))
+    mask = torch.repeat_interleave(torch.arange(4), len(u))
+    return voxel_downsample(torch.tensor(points), mask, 4, config.voxel_size_m)
+
+
+def test_window_pairs_are_the_exact_dbscan_neighbourhoods():
+    cells, cell_mask, cell_ijk = surface_cells()
+    offsets = lattice_offsets(2, CONFIG.query_radius_m / CONFIG.voxel_size_m)
+    neighbor, squared = _forward_window(cells, cell_mask, cell_ijk, 4, offsets[41:])
+    cell, column = torch.nonzero(squared <= CONFIG.query_radius_m ** 2).unbind(1)
+    window = set(zip(cell.tolist(), neighbor[cell, column].tolist()))
+    i, j = radius_pairs(cells, cell_mask, CONFIG.query_radius_m)
+    exact = {(a, b) for a, b in zip(i.tolist(), j.tolist()) if a < b}
+    assert {(min(a, b), max(a, b)) for a, b in window} == exact
+    assert len(exact) > 2 * len(cells)
+
+
+def test_denoise_agrees_with_exact_knn_on_surfaces():
+    cells, cell_mask, cell_ijk = surface_cells()
+    kept, kept_mask = _denoise(cells, cell_mask, cell_ijk, 4, CONFIG)
+    # The exact pipeline: radius-search DBSCAN and exact kNN outlier removal.
+    i, j = radius_pairs(cells, cell_mask, CONFIG.query_radius_m)
+    keep = dbscan_largest_label(cell_mask, 4, i, j, CONFIG.denoise_min_neighbors)
+    inliers = statistical_inliers(cells[keep], cell_mask[keep], 4, CONFIG.outlier_neighbors,
+                                  CONFIG.outlier_std_ratio, 0.06)
+    exact = {tuple(row) for row in cells[keep][inliers].tolist()}
+    window = {tuple(row) for row in kept.tolist()}
+    assert len(exact) > 5000 and 0 < len(cells) - len(exact)
+    assert len(exact ^ window) <= 0.01 * len(exact)
+    assert torch.equal(torch.bincount(kept_mask, minlength=4) > 0, torch.ones(4, dtype=bool))
