@@ -39,7 +39,10 @@ def _masks(scene_dir: pathlib.Path, noise: str, seed: int, every: int) -> pathli
     meta = json.loads((scene_dir / 'meta.json').read_text())
     categories = {row['instance_id']: row['class_id'] for row in meta['instances']}
     config = noise_free_config() if noise == 'none' else SimulatedMaskConfig()
-    generator = SimulatedMaskGenerator(sequence.instance_image, categories, config, seed)
+    position_of = {index: position for position, index in enumerate(sequence.frame_indices)}
+    generator = SimulatedMaskGenerator(
+        lambda frame_index: sequence.instance_image(position_of[frame_index]), categories,
+        config, seed)
     for position, frame in enumerate(sequence):
         write_mask_observation(mask_dir, sequence.stems[position], generator.generate(frame))
     (mask_dir / 'done').write_text('')

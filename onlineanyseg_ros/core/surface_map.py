@@ -150,9 +150,9 @@ class SurfaceMap:
             second += relative[:, :, None] * relative[:, None, :]
         centroid = first / weight[:, None]
         covariance = second / weight[:, None, None] - centroid[:, :, None] * centroid[:, None, :]
-        normals = torch.linalg.eigh(covariance).eigenvectors[:, :, 0]
         view = arrays['view_sum'][slots]
         view = view / torch.linalg.vector_norm(view, dim=1, keepdim=True).clamp_min(1e-12)
+        normals = _smallest_eigenvectors(covariance, view)
         normals = torch.where(weight[:, None] >= 3, normals, view)
         flip = (normals * view).sum(1, keepdim=True) < 0
         return torch.where(flip, -normals, normals).to(torch.float32)
@@ -192,3 +192,24 @@ class SurfaceMap:
                 grown[:self._capacity] = self._arrays[name]
             self._arrays[name] = grown
         self._capacity = capacity
+
+
+# Power iterations of the normal estimate; planar neighbourhoods converge in a few.
+_NORMAL_ITERATIONS = 32
+
+
+def _smallest_eigenvectors(covariance: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Return the unit eigenvector of the smallest eigenvalue of each ``(N, 3, 3)`` matrix.
+
+    Power iteration on ``trace(C) I - C`` (positive semi-definite, same eigenvectors, order
+    reversed) from ``initial`` (N, 3), e.g. the view direction. Used instead of
+    ``torch.linalg.eigh`` because cuSOLVER's batched solver fails on large batches of
+    small matrices, and a fixed number of elementwise steps needs no solver at all.
+    """
+    trace = covariance.diagonal(dim1=1, dim2=2).sum(1)
+    shifted = torch.diag_embed(trace[:, None].expand(-1, 3)) - covariance
+    vector = initial.to(covariance.dtype)
+    for _ in range(_NORMAL_ITERATIONS):
+        vector = torch.bmm(shifted, vector[:, :, None])[:, :, 0]
+        vector = vector / torch.linalg.vector_norm(vector, dim=1, keepdim=True).clamp_min(1e-30)
+    return vector
