@@ -140,8 +140,6 @@ class SegmenterConfig:
                                   'fcgf descriptor.')
     descriptor_min_points: int = spec(50, 'Surface points a mask needs for a geometric '
                                       'descriptor (masks without one cannot merge).', 1, 10 ** 7)
-    refresh_containment: bool = spec(True, 'Recompute containment between surviving masks at '
-                                     'every merge round (the reference computes it once).')
     merger: str = spec('graph', 'How masks merge: graph (the method) or greedy_overlap (the '
                        'simple baseline: best voxel IoU at insertion).',
                        choices=('graph', 'greedy_overlap'))
@@ -164,8 +162,12 @@ class SegmenterConfig:
 
 
 def reference_config() -> SegmenterConfig:
-    """Thresholds and behaviour of the published reference implementation."""
-    return SegmenterConfig(refresh_containment=False)
+    """Return the published thresholds, scored as the reference scores them.
+
+    The only difference to the default is that an inactive stage-1 term (no CLIP features,
+    descriptor none) counts as zero, as in the reference, instead of being credited.
+    """
+    return SegmenterConfig(inactive_term_credit=0.0)
 
 
 PROFILES = ('default', 'reference', 'greedy_baseline')

@@ -446,12 +446,6 @@ class MaskGraph:
         hits = (self._obs[slots, word] >> bit) & 1
         return self._long(ids.numel()).index_add_(0, owner, hits)
 
-    def _refresh_containment(self) -> None:
-        """Recompute ``C`` between all current masks (deviation: the reference never does)."""
-        num = self._num_merged
-        self._containment[:num, :num] = torch.eye(num, device=self.device)
-        self._update_containment(torch.arange(num, device=self.device))
-
     # ----------------------------------------------------------------- merge round
 
     def merge_round(self, point_slots: torch.Tensor,
@@ -472,8 +466,6 @@ class MaskGraph:
         stats = {'stage1_merged': 0, 'stage2_merged': 0, 'stage2_iterations': 0}
         points = self._points_per_slot(point_slots.to(self.device), point_features)
         if self._num_merged:
-            if self.config.refresh_containment:
-                self._refresh_containment()
             self._update_descriptors(*points)
             edges = merging.stage1_edges(self.containment, self._weights, self._features,
                                          self._descriptors, self._has_descriptor,

@@ -21,7 +21,7 @@ def test_every_field_has_a_description():
 @pytest.mark.parametrize('name, value', [
     ('voxel_size_m', 0.0), ('voxel_size_m', float('nan')), ('coverage_min', 1.5),
     ('merge_every_n_keyframes', 0), ('descriptor', 'sift'), ('min_mask_pixels', 2.5),
-    ('refresh_containment', 1),
+    ('inactive_term_credit', True),
 ])
 def test_invalid_value_raises_naming_the_field(name, value):
     with pytest.raises(ValueError, match=name):
@@ -46,4 +46,4 @@ def test_unknown_key_is_an_error():
 def test_from_dict_overrides_a_base():
     config = config_from_dict(SegmenterConfig, {'coverage_min': 0.5}, base=reference_config())
     assert config.coverage_min == 0.5
-    assert config.refresh_containment is False
+    assert config.inactive_term_credit == 0.0
