@@ -125,8 +125,9 @@ def test_pipeline_runs_both_nodes_in_one_process_and_maps_a_stream(tmp_path, mak
     try:
         probe = StreamProbe(make_node)
         assert spin_until([probe.node], probe.matched, START_TIMEOUT_S), 'pipeline not found'
-        names = probe.node.get_node_names()
-        assert 'perception_node' in names and 'segmentation_node' in names
+        # Topic matching can come before the node names are discovered: wait for both.
+        assert spin_until([probe.node], lambda: {'perception_node', 'segmentation_node'} <= set(
+            probe.node.get_node_names()), START_TIMEOUT_S), probe.node.get_node_names()
         for index in range(NUM_FRAMES):
             view = synthetic.render_frame(scene, config, poses[index], index)
             probe.publish_frame((index + 1) * PERIOD_NS, view, K, poses[index])
