@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 EXPECTED_NODE_TOPICS = ('color/image:=/camera/color/image_raw',
                         'depth/image:=/camera/depth/image_raw',
@@ -49,31 +50,35 @@ def package_file(relative: str) -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[2] / relative
 
 
-def _params_file(out: pathlib.Path):
+def _params_file(out: pathlib.Path, keyframe_every: Optional[int] = None):
     """Write the demo parameter file (map under ``out``); return it and the keyframe interval."""
     import yaml
     document = yaml.safe_load(package_file('config/synthetic.yaml').read_text())
-    keyframe_every = 10
     for key, section in document.items():
+        parameters = section['ros__parameters']
         if key.endswith('segmentation_node'):
-            section['ros__parameters']['output_dir'] = str(out / 'map')
+            parameters['output_dir'] = str(out / 'map')
         if key.endswith('perception_node'):
-            keyframe_every = section['ros__parameters']['keyframe_every_n_frames']
+            if keyframe_every is not None:
+                parameters['keyframe_every_n_frames'] = keyframe_every
+            keyframe_every = parameters['keyframe_every_n_frames']
     path = out / 'demo_params.yaml'
     path.write_text(yaml.safe_dump(document))
     return path, keyframe_every
 
 
-def _prepare(out: pathlib.Path, frames: int, seed: int):
-    """Render the scene (cached) and write its bag; return (scene_dir, bag_dir, keyframes)."""
+def _prepare(out: pathlib.Path, frames: int, seed: int, size=(480, 640)):
+    """Render the scene (cached) and write its bag; return (scene_dir, bag_dir, frames)."""
     from onlineanyseg_ros.data.bag import write_sequence_bag
     from onlineanyseg_ros.data.scannet import ScanNetSequence
     from onlineanyseg_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_sequence
 
     scene_dir = out / 'scene0000_00'
     if not (scene_dir / 'meta.json').exists():
+        height, width = size
         summary = write_synthetic_sequence(scene_dir, SyntheticSceneConfig(
-            num_frames=frames, seed=seed))
+            num_frames=frames, seed=seed, height=height, width=width,
+            focal_px=525.0 * width / 640.0))
         print(f'[demo] synthetic room: {summary.num_instances} GT instances, '
               f'{summary.num_frames} frames, {summary.num_gt_points} GT points, '
               f'{summary.frames_per_second:.1f} frames/s')
@@ -158,19 +163,29 @@ def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
         print(f'[demo] segmentation node: {diagnostics.get("mask_insertions")} keyframes, '
               f'{diagnostics.get("merge_rounds")} merge rounds, '
               f'{diagnostics.get("merged_masks")} merged masks')
-        return _save_map(node, executor)
+        map_dir = _save_map(node, executor)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        pipeline.send_signal(signal.SIGINT)
-        try:
-            pipeline.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pipeline.kill()
+        status = _stop(pipeline)
+    if status != 0:
+        raise RuntimeError(f'the nodes did not shut down cleanly (exit status {status})')
+    return map_dir
 
 
-def _report(scene_dir: pathlib.Path, map_dir: pathlib.Path, out: pathlib.Path) -> None:
-    """Render the instances to PNG and print AP against the ground truth and timings."""
+def _stop(process: subprocess.Popen) -> int:
+    """Stop ``process`` with SIGINT (Ctrl-C), kill it after 20 s; return its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def _report(scene_dir: pathlib.Path, map_dir: pathlib.Path, out: pathlib.Path) -> dict:
+    """Render the instances to PNG, print AP against the ground truth and timings."""
     import numpy as np
     from onlineanyseg_ros.core.export import BACKGROUND_GREY, instance_palette
     from onlineanyseg_ros.eval.ap import average_precision, evaluate_paths
@@ -193,17 +208,25 @@ def _report(scene_dir: pathlib.Path, map_dir: pathlib.Path, out: pathlib.Path) -
     print('[demo] segmentation stage latency (ms): ' + ', '.join(
         f'{stage} p50 {values["p50_ms"]:.0f} / p95 {values["p95_ms"]:.0f}'
         for stage, values in timings.items()))
+    return metrics
+
+
+def replay_demo(out: pathlib.Path, frames: int = 300, seed: int = 0, rate: float = 0.5,
+                timeout_s: float = 240.0, size=(480, 640),
+                keyframe_every: Optional[int] = None) -> dict:
+    """Run the whole demo into ``out``; return the AP metrics of the saved map."""
+    out = pathlib.Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    scene_dir, bag_dir, frames = _prepare(out, frames, seed, size)
+    params, keyframe_every = _params_file(out, keyframe_every)
+    keyframes = -(-frames // keyframe_every)
+    map_dir = pathlib.Path(_play_and_save(bag_dir, params, keyframes, rate, timeout_s))
+    return _report(scene_dir, map_dir, out)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `onlineanyseg demo`."""
     started = time.perf_counter()
-    out = pathlib.Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    scene_dir, bag_dir, frames = _prepare(out, args.frames, args.seed)
-    params, keyframe_every = _params_file(out)
-    keyframes = -(-frames // keyframe_every)
-    map_dir = pathlib.Path(_play_and_save(bag_dir, params, keyframes, args.rate, args.timeout))
-    _report(scene_dir, map_dir, out)
+    replay_demo(pathlib.Path(args.out), args.frames, args.seed, args.rate, args.timeout)
     print(f'[demo] done in {time.perf_counter() - started:.0f} s')
     return 0
