@@ -7,7 +7,6 @@ round now; ``instances()`` / ``labeled_points()`` export the current map; ``save
 """
 
 from dataclasses import dataclass
-import json
 import os
 import pathlib
 from typing import Dict, List, Optional
@@ -85,7 +84,8 @@ class OnlineSegmenter:
         as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
         """
         config = self.config
-        color = torch.from_numpy(frame.color).to(self.device)
+        # A copy: decoded images are often read-only, which torch.from_numpy warns about.
+        color = torch.tensor(frame.color, device=self.device)
         with self.timer.scope('backproject'):
             points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
                                         config.depth_near_m, config.depth_far_m, self.device)
@@ -193,7 +193,3 @@ class OnlineSegmenter:
             'device': str(self.device),
             'timings_ms': self.timer.summary(),
         }
-
-    def summary_json(self) -> str:
-        """``summary()`` as indented JSON."""
-        return json.dumps(self.summary(), indent=2)
