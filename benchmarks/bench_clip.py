@@ -12,14 +12,13 @@ encoder) and for the encoder alone on a ready batch.
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import open_clip
 import torch
 
+from onlineanyseg_ros.core.profiling import median_seconds
 from onlineanyseg_ros.perception.clip_embedder import ClipEmbedder, ClipEmbedderConfig
 
 TINY_MODEL = {'embed_dim': 32,
@@ -41,23 +40,6 @@ def synthetic_masks(num_masks: int, height: int = 480, width: int = 640, seed: i
     return color, labels
 
 
-def timed(function, device, warmup: int, repeats: int) -> float:
-    """Return the median seconds of ``function()`` after ``warmup`` calls."""
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        function()
-        sync()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def bench(model_name: str, device: str, precision: str, num_masks: int, batch_size: int,
           warmup: int, repeats: int) -> dict:
     """Measure one (model, precision) setting; return its numbers."""
@@ -68,8 +50,8 @@ def bench(model_name: str, device: str, precision: str, num_masks: int, batch_si
                                                       batch_size=batch_size))
     color, labels = synthetic_masks(num_masks)
     num_present = int(np.unique(labels[labels > 0]).size)
-    full_s = timed(lambda: embedder.embed_masks(color, labels), embedder.device, warmup,
-                   repeats)
+    full_s = median_seconds(lambda: embedder.embed_masks(color, labels), embedder.device,
+                            warmup, repeats)
     crops = torch.randn(3 * num_present, 3, *embedder.image_size, device=embedder.device,
                         dtype=embedder.dtype)
 
@@ -77,7 +59,7 @@ def bench(model_name: str, device: str, precision: str, num_masks: int, batch_si
         with torch.inference_mode():
             for start in range(0, crops.shape[0], batch_size):
                 embedder.model.encode_image(crops[start:start + batch_size])
-    encode_s = timed(encode_only, embedder.device, warmup, repeats)
+    encode_s = median_seconds(encode_only, embedder.device, warmup, repeats)
     return {'model': model_name, 'device': str(embedder.device), 'dtype': str(embedder.dtype),
             'masks': num_present, 'crops': 3 * num_present, 'batch_size': batch_size,
             'embed_masks_s': full_s, 'masks_per_s': num_present / full_s,

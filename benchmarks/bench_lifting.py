@@ -19,13 +19,13 @@ reports, per keyframe, the Jaccard similarity of each mask's voxel set with a sa
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.geometry import backproject
 from onlineanyseg_ros.core.lifting import lift_masks
+from onlineanyseg_ros.core.profiling import median_seconds
 from onlineanyseg_ros.data.scannet import ScanNetSequence
 from onlineanyseg_ros.perception.precomputed import read_mask_observation
 
@@ -47,22 +47,6 @@ def load_keyframes(scene: str, masks: str, every: int, max_frames: int, device):
         if len(keyframes) >= max_frames:
             break
     return keyframes
-
-
-def timed(function, device: torch.device, repeats: int) -> float:
-    """Return the median seconds of ``function()`` after one warm-up call."""
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-    function()
-    times = []
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        function()
-        sync()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def key_sets(frame) -> dict:
@@ -107,8 +91,8 @@ def main() -> None:
     keyframes = load_keyframes(args.scene, args.masks, args.every, args.max_frames, device)
     seconds, results, accepted, dropped = [], {}, 0, {}
     for stem, points, valid, labels in keyframes:
-        seconds.append(timed(lambda: lift_masks(points, valid, labels, config), device,
-                             args.repeats))
+        seconds.append(median_seconds(lambda: lift_masks(points, valid, labels, config),
+                                      device, warmup=1, repeats=args.repeats))
         frame = lift_masks(points, valid, labels, config)
         results[stem] = key_sets(frame)
         accepted += frame.num_masks

@@ -3,7 +3,7 @@
 from collections import defaultdict, deque
 import contextlib
 import time
-from typing import Deque, Dict, Iterator
+from typing import Callable, Deque, Dict, Iterator
 
 import numpy as np
 import torch
@@ -56,3 +56,27 @@ class StageTimer:
         """Forget every sample."""
         self._samples.clear()
         self.last_ms.clear()
+
+
+def median_seconds(function: Callable[[], object], device: torch.device, warmup: int = 1,
+                   repeats: int = 10) -> float:
+    """Return the median wall-clock seconds of ``function()`` after ``warmup`` calls.
+
+    On CUDA the device is synchronized around every call, so the time is the GPU's.
+    """
+    device = torch.device(device)
+
+    def synchronize() -> None:
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        synchronize()
+        started = time.perf_counter()
+        function()
+        synchronize()
+        samples.append(time.perf_counter() - started)
+    return float(np.median(samples))
