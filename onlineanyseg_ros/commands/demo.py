@@ -101,8 +101,13 @@ def _start_pipeline(params: pathlib.Path) -> subprocess.Popen:
     return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
-def _wait_for_map(node, executor, keyframes: int, timeout_s: float) -> dict:
-    """Spin until the segmentation node integrated ``keyframes`` bundles or stalls."""
+def _wait_for_map(node, executor, keyframes: int, timeout_s: float,
+                  idle_s: float = 15.0) -> dict:
+    """Spin until the segmentation node integrated ``keyframes`` bundles, or went idle.
+
+    Idle: nothing queued and no new keyframe for ``idle_s`` (the perception node may have
+    skipped a frame, e.g. one whose pose arrived too late).
+    """
     from diagnostic_msgs.msg import DiagnosticArray
     from onlineanyseg_ros.ros.qos import diagnostics_qos
     latest = {}
@@ -115,10 +120,14 @@ def _wait_for_map(node, executor, keyframes: int, timeout_s: float) -> dict:
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics,
                              diagnostics_qos())
     deadline = time.monotonic() + timeout_s
+    last_count, last_change = -1, time.monotonic()
     while time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.2)
-        done = int(latest.get('mask_insertions', 0)) >= keyframes
-        if done and int(latest.get('bundles_ready', 1)) == 0:
+        count = int(latest.get('mask_insertions', 0))
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+        drained = int(latest.get('bundles_ready', 1)) == 0
+        if drained and (count >= keyframes or time.monotonic() - last_change > idle_s):
             break
     return latest
 
