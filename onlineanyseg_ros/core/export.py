@@ -68,6 +68,15 @@ class ExportedMap:
         """Number of exported instances I."""
         return int(self.scores.size)
 
+    @classmethod
+    def load(cls, directory: pathlib.Path) -> 'ExportedMap':
+        """Read ``instances.npz`` written by ``save``."""
+        with np.load(pathlib.Path(directory) / 'instances.npz') as data:
+            return cls(points=data['points'], colors=data['colors'],
+                       instance_ids=data['instance_ids'], scores=data['scores'],
+                       uids=data['uids'],
+                       features=data['features'] if 'features' in data else None)
+
     def instance_colors(self) -> np.ndarray:
         """uint8 ``(N, 3)`` colours by instance, grey for unlabeled points."""
         colors = np.full_like(self.colors, BACKGROUND_GREY)
