@@ -396,6 +396,12 @@ def sample_ground_truth(scene: SyntheticScene, spacing_m: float
             scene.primitives.instance[index].astype(np.int32))
 
 
+def ground_truth_labels(scene: SyntheticScene, instance_ids: np.ndarray) -> np.ndarray:
+    """Return int64 ScanNet-style GT label values ``class_id * 1000 + g`` for ids g >= 1."""
+    class_ids = np.array([instance.class_id for instance in scene.instances], dtype=np.int64)
+    return class_ids[np.asarray(instance_ids) - 1] * 1000 + instance_ids
+
+
 @dataclass(frozen=True)
 class SyntheticSummary:
     """What ``write_synthetic_sequence`` wrote and how fast."""
@@ -442,10 +448,8 @@ def write_synthetic_sequence(out_dir, config: SyntheticSceneConfig,
                            unit='frame', disable=not progress):
             pass
     points, colors, instance_ids = sample_ground_truth(scene, config.gt_point_spacing_m)
-    class_ids = np.array([instance.class_id for instance in scene.instances])
     io.write_ply(root / f'{scene_name}_vh_clean_2.ply', points, colors)
-    io.write_label_file(root / f'{scene_name}.txt',
-                        class_ids[instance_ids - 1] * 1000 + instance_ids)
+    io.write_label_file(root / f'{scene_name}.txt', ground_truth_labels(scene, instance_ids))
     io.write_json(root / 'meta.json', {
         'scene': scene_name,
         'generator': 'onlineanyseg_ros.data.synthetic',

@@ -33,8 +33,7 @@ def room():
                                        seed=0)
     masks = [generator.generate(frame) for frame in frames]
     gt_points, _, gt_ids = synthetic.sample_ground_truth(scene, config.gt_point_spacing_m)
-    class_ids = np.array([instance.class_id for instance in scene.instances])
-    return frames, masks, gt_points, class_ids[gt_ids - 1] * 1000 + gt_ids
+    return frames, masks, gt_points, synthetic.ground_truth_labels(scene, gt_ids)
 
 
 def _segment(frames, masks, profile='default', **overrides):

@@ -76,9 +76,7 @@ def scene_stream():
                                        masks_config, seed=0)
     masks = [generator.generate(frame) for frame in frames]
     gt_points, _, gt_ids = synthetic.sample_ground_truth(scene, config.gt_point_spacing_m)
-    class_ids = np.array([instance.class_id for instance in scene.instances])
-    gt_labels = class_ids[gt_ids - 1] * 1000 + gt_ids
-    return frames, masks, gt_points, gt_labels
+    return frames, masks, gt_points, synthetic.ground_truth_labels(scene, gt_ids)
 
 
 def bundle_messages(frame, masks, stamp_ns=None, world=WORLD):
