@@ -18,11 +18,6 @@ import sys
 import time
 from typing import Optional
 
-EXPECTED_NODE_TOPICS = ('color/image:=/camera/color/image_raw',
-                        'depth/image:=/camera/depth/image_raw',
-                        'depth/camera_info:=/camera/depth/camera_info',
-                        'camera_pose:=/camera/pose')
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
@@ -92,11 +87,16 @@ def _prepare(out: pathlib.Path, frames: int, seed: int, size=(480, 640)):
 
 
 def _start_pipeline(params: pathlib.Path) -> subprocess.Popen:
-    """Start both nodes in one process with the demo parameters and camera remaps."""
+    """Start both nodes in one process, their inputs remapped to the bag's topics."""
+    from onlineanyseg_ros.data.bag import BagLayout
+    layout = BagLayout()
     command = [sys.executable, '-m', 'onlineanyseg_ros.ros.pipeline', '--ros-args',
                '--params-file', str(params)]
-    for remap in EXPECTED_NODE_TOPICS:
-        command += ['-r', remap]
+    for node_input, bag_topic in (('color/image', layout.color_topic),
+                                  ('depth/image', layout.depth_topic),
+                                  ('depth/camera_info', layout.depth_info_topic),
+                                  ('camera_pose', layout.pose_topic)):
+        command += ['-r', f'{node_input}:={bag_topic}']
     # One torch thread per process: the player and the nodes share two cores.
     return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
