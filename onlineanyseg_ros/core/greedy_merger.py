@@ -69,13 +69,21 @@ class GreedyOverlapMerger:
 
     def insert_frame(self, observed_slots: torch.Tensor, mask_slots: torch.Tensor,
                      mask_offsets: torch.Tensor, features: Optional[torch.Tensor] = None,
-                     scores: Optional[torch.Tensor] = None) -> None:
-        """Merge one frame's masks (slots packed by ``mask_offsets``) into the instances."""
+                     scores: Optional[torch.Tensor] = None,
+                     num_slots: Optional[int] = None) -> None:
+        """Merge one frame's masks (slots packed by ``mask_offsets``) into the instances.
+
+        ``num_slots``: size of the slot space (above every slot), or None to read it from
+        the slots.
+        """
         del observed_slots  # the baseline has no visibility model
         num_masks = mask_offsets.numel() - 1
         if num_masks == 0:
             return
-        needed = int(mask_slots.max()) + 1 if mask_slots.numel() else 0
+        if num_slots is not None:
+            needed = num_slots
+        else:
+            needed = int(mask_slots.max()) + 1 if mask_slots.numel() else 0
         if needed > self._owner.numel():
             grown = torch.full((max(needed, 2 * self._owner.numel()),), -1, dtype=torch.int64,
                                device=self.device)

@@ -4,9 +4,14 @@ Implements method.md 3.4-3.6 and 4.2-4.7 on tensors. Voxels are int64 *slots* of
 append-only slot space (core.voxel_hash) that grows between calls; this module never sees
 coordinates. State (all on ``device``):
 
-- observation bitset ``obs[slot, word]`` int64: bit ``f % 63`` of word ``f // 63`` is set
-  when an accepted mask of insertion ``f`` covered the slot before boundary removal; rows
-  and words grow by doubling (bit 63, the sign bit, stays unused so bit rows pack by sum);
+- observations: bit ``f % 63`` of word ``f // 63`` of a slot is set when an accepted mask of
+  insertion ``f`` covered the slot before boundary removal (bit 63, the sign bit, stays
+  unused so bit rows pack by sum). Only the *active* word (the one of the latest insertion)
+  is a dense int64 column over all slots (grown by doubling); when insertions move on to the
+  next word, its non-zero entries are frozen into a sparse store: ``(slot << 23 | word)``
+  keys, sorted, with their int64 words. A voxel is seen in a few stretches of time, so the
+  store holds a few words per voxel instead of ``frames / 63`` (a dense bitset at 5,000
+  keyframes and 5M slots would be 4 GB);
 - merged-level incidence: deduplicated ``(merged id, slot)`` pairs sorted by id (a CSR
   ``mask -> slots``) plus the same pairs sorted by slot (the join ``slot -> merged ids``);
 - per merged mask: weight, summed semantic vector, frame bitset, geometric descriptor and
@@ -14,12 +19,14 @@ coordinates. State (all on ``device``):
 - dense containment ``C[a, b]`` ("a contains b") with capacity doubling;
 - ``merged_of_raw``: raw id (append-only, one per inserted mask) -> merged id, -1 = removed.
 
-Host syncs happen only where a size must be known: the largest inserted slot (to grow the
-bitset), the lengths of joined index lists (``repeat_interleave`` output sizes), the
-number of overlapping pairs, the pattern chunks of the visibility count, and (merge rounds
-only) the merge decisions.
+Host syncs happen only where a size must be known: the number of deduplicated new
+(mask, voxel) pairs, the lengths of joined index lists (segment expansion sizes),
+the number of overlapping pairs, the largest inserted slot when the caller does not give the
+slot-space size, the entries frozen when a word fills up (every 63 insertions), and (merge
+rounds only) the merge decisions.
 """
 
+import bisect
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -30,7 +37,9 @@ from onlineanyseg_ros.core.config import SegmenterConfig
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
 _SLOT_MASK = (1 << _KEY_SHIFT) - 1
-_VISIBILITY_CELLS = 1 << 24  # bounds the (mask, pattern) count matrix of one step
+_WORD_BITS = 23  # frozen observation key (slot << 23) | word: 2**23 words = 528M insertions
+_WORD_MASK = (1 << _WORD_BITS) - 1
+_PAIR_VOXELS = 1 << 23  # bounds the (pair, voxel) elements of one visibility chunk
 
 
 def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
@@ -38,12 +47,32 @@ def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
     """Enumerate segments ``[starts[i], starts[i] + lengths[i])`` as flat int64 ``(total,)``.
 
     Returns ``(owner, position)``: the segment index and the position of every element.
+    ``total`` must equal ``lengths.sum()``. (A binary search over the segment ends costs
+    fewer kernel launches than ``repeat_interleave``.)
     """
-    device = starts.device
-    owner = torch.repeat_interleave(torch.arange(starts.numel(), device=device), lengths,
-                                    output_size=total)
-    shift = starts - (torch.cumsum(lengths, 0) - lengths)
-    return owner, torch.arange(total, device=device) + shift[owner]
+    ends = torch.cumsum(lengths, 0)
+    flat = torch.arange(total, device=starts.device)
+    owner = torch.searchsorted(ends, flat, right=True)
+    return owner, flat + (starts - ends + lengths)[owner]
+
+
+def _merge_sorted(old_keys: torch.Tensor, old_values: torch.Tensor, new_keys: torch.Tensor,
+                  new_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Merge two key-sorted int64 ``(n,)`` / ``(m,)`` runs with their payloads in ``O(n + m)``.
+
+    Equal keys keep the old entries first (``new`` is stable after ``old``).
+    """
+    device = old_keys.device
+    new_pos = (torch.searchsorted(old_keys, new_keys, right=True)
+               + torch.arange(new_keys.numel(), device=device))
+    old_pos = torch.arange(old_keys.numel(), device=device) + torch.searchsorted(new_keys,
+                                                                                 old_keys)
+    total = old_keys.numel() + new_keys.numel()
+    keys = old_keys.new_empty(total)
+    values = old_values.new_empty(total)
+    keys[old_pos], keys[new_pos] = old_keys, new_keys
+    values[old_pos], values[new_pos] = old_values, new_values
+    return keys, values
 
 
 def _unpack_bits(words: torch.Tensor) -> torch.Tensor:
@@ -73,7 +102,10 @@ class MaskGraph:
         self._merge_time = 0
         self._validity_level = 0  # merge_time used by the last validity computation
         self._num_merged = 0
-        self._obs = self._long((0, 1))
+        self._active_bits = self._long(0)  # word ``_active_word`` of every slot
+        self._active_word = 0
+        self._frozen_keys = self._long(0)  # sorted (slot << _WORD_BITS) | word
+        self._frozen_words = self._long(0)
         self._frames = self._long((0, 1))
         self._weights = self._long(0)
         self._created = self._long(0)
@@ -195,7 +227,8 @@ class MaskGraph:
 
     def insert_frame(self, observed_slots: torch.Tensor, mask_slots: torch.Tensor,
                      mask_offsets: torch.Tensor, features: Optional[torch.Tensor] = None,
-                     scores: Optional[torch.Tensor] = None) -> None:
+                     scores: Optional[torch.Tensor] = None,
+                     num_slots: Optional[int] = None) -> None:
         """Insert one frame's accepted masks as new merged masks (method.md 4.2 steps 3-4).
 
         Args:
@@ -206,6 +239,9 @@ class MaskGraph:
             mask_offsets: int64 ``(k + 1,)`` non-decreasing, starting at 0.
             features: float32 ``(k, D)`` unit semantic vectors, or None.
             scores: float32 ``(k,)`` 2D mask scores in ``[0, 1]``, or None (treated as 1).
+            num_slots: size of the slot space, above every slot passed (not checked), as
+                the voxel hash knows it; None reads the largest slot from the device (a
+                host sync) and checks the range.
 
         """
         observed_slots, mask_slots, mask_offsets = (
@@ -214,13 +250,14 @@ class MaskGraph:
                                       scores)
         frame = self._num_insertions
         # Mask voxels are observed by definition; adding them keeps vis >= overlap.
-        self._mark_observed(torch.cat([observed_slots, mask_slots]), frame)
+        self._mark_observed(torch.cat([observed_slots, mask_slots]), frame, num_slots)
         existing = self._num_merged
         if num_masks:
-            self._append_masks(mask_slots, mask_offsets, features, scores, frame)
+            new_voxels = self._append_masks(mask_slots, mask_offsets, features, scores, frame)
             if existing:
                 new_ids = torch.arange(existing, existing + num_masks, device=self.device)
-                self._update_containment(new_ids, target_limit=existing, query_frame=frame)
+                self._update_containment(new_ids, target_limit=existing,
+                                         query_voxels=new_voxels)
         self._num_insertions += 1
 
     def _check_frame(self, observed_slots, mask_slots, mask_offsets, features, scores) -> int:
@@ -242,34 +279,54 @@ class MaskGraph:
             raise ValueError(f'scores must be ({num_masks},), got {tuple(scores.shape)}')
         return num_masks
 
-    def _mark_observed(self, slots: torch.Tensor, frame: int) -> None:
-        """Set the observation bit of ``frame`` for ``slots``, growing the bitset as needed."""
+    def _mark_observed(self, slots: torch.Tensor, frame: int,
+                       num_slots: Optional[int] = None) -> None:
+        """Set the observation bit of ``frame`` for ``slots``, growing the store as needed."""
         word, bit = divmod(frame, BITS_PER_WORD)
-        words = self._obs.shape[1]
+        if word != self._active_word:
+            self._freeze_active_word()
+            self._active_word = word
+        words = self._frames.shape[1]
         if word >= words:
-            extra = max(words, word + 1 - words)
-            self._obs = torch.nn.functional.pad(self._obs, (0, extra))
-            self._frames = torch.nn.functional.pad(self._frames, (0, extra))
+            self._frames = torch.nn.functional.pad(self._frames,
+                                                   (0, max(words, word + 1 - words)))
         if not slots.numel():
             return
-        low, high = (int(v) for v in torch.aminmax(slots))  # sync: the slot space grows
-        if low < 0 or high > _SLOT_MASK:
-            raise ValueError(f'slots must lie in [0, 2**{_KEY_SHIFT}), got [{low}, {high}]')
-        rows = self._obs.shape[0]
-        if high >= rows:
-            self._obs = torch.nn.functional.pad(self._obs, (0, 0, 0, max(high + 1, 2 * rows)
-                                                            - rows))
-        self._obs[slots, word] |= 1 << bit
+        if num_slots is None:
+            low, high = (int(v) for v in torch.aminmax(slots))  # sync: the slot space grows
+            if low < 0 or high > _SLOT_MASK:
+                raise ValueError(f'slots must lie in [0, 2**{_KEY_SHIFT}), got [{low}, {high}]')
+            num_slots = high + 1
+        rows = self._active_bits.shape[0]
+        if num_slots > rows:
+            self._active_bits = torch.nn.functional.pad(self._active_bits,
+                                                        (0, max(num_slots, 2 * rows) - rows))
+        self._active_bits[slots] |= 1 << bit
 
-    def _append_masks(self, mask_slots, mask_offsets, features, scores, frame: int) -> None:
-        """Append one frame's masks as merged masks of weight 1 (C rows zero, diagonal 1)."""
+    def _freeze_active_word(self) -> None:
+        """Move the non-zero entries of the active word into the sparse frozen store."""
+        slots = torch.nonzero(self._active_bits).squeeze(1)  # sync, once per 63 insertions
+        if slots.numel():
+            keys = (slots << _WORD_BITS) | self._active_word
+            self._frozen_keys, self._frozen_words = _merge_sorted(
+                self._frozen_keys, self._frozen_words, keys, self._active_bits[slots])
+        self._active_bits.zero_()
+
+    def _append_masks(self, mask_slots, mask_offsets, features, scores,
+                      frame: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Append one frame's masks as merged masks of weight 1 (C rows zero, diagonal 1).
+
+        Returns the deduplicated new voxels as ``(mask index in the frame, slot)``, int64
+        ``(V,)`` each, ordered by mask then slot.
+        """
         num_masks = mask_offsets.numel() - 1
         old = self._num_merged
         new = old + num_masks
-        local = torch.repeat_interleave(torch.arange(num_masks, device=self.device),
-                                        mask_offsets.diff(), output_size=mask_slots.numel())
+        local = torch.searchsorted(mask_offsets[1:], torch.arange(
+            mask_slots.numel(), device=self.device), right=True)
         keys = torch.unique(((local + old) << _KEY_SHIFT) | mask_slots)
-        self._append_incidence(keys >> _KEY_SHIFT, keys & _SLOT_MASK, num_masks)
+        new_mids, new_slots = keys >> _KEY_SHIFT, keys & _SLOT_MASK
+        self._append_incidence(new_mids, new_slots, num_masks)
         word, bit = divmod(frame, BITS_PER_WORD)
         frames = self._long((num_masks, self._frames.shape[1]))
         frames[:, word] = 1 << bit
@@ -277,7 +334,8 @@ class MaskGraph:
         self._weights = torch.cat([self._weights, self._long(num_masks).fill_(1)])
         self._created = torch.cat([self._created, self._long(num_masks).fill_(frame)])
         self._first_frame = torch.cat([self._first_frame, self._long(num_masks).fill_(frame)])
-        scores = torch.ones(num_masks) if scores is None else scores
+        if scores is None:
+            scores = torch.ones(num_masks, device=self.device)
         self._score_sum = torch.cat([self._score_sum, scores.to(self.device, torch.float32)])
         self._features = self._append_rows(self._features, features, num_masks)
         self._descriptors = self._append_rows(self._descriptors, None, num_masks)
@@ -290,9 +348,11 @@ class MaskGraph:
             grown = torch.zeros((max(new, 2 * capacity, 16),) * 2, device=self.device)
             grown[:capacity, :capacity] = self._containment
             self._containment = grown
-        diagonal = torch.arange(old, new, device=self.device)
-        self._containment[diagonal, diagonal] = 1.0
+        # index_fill_ takes the scalar on the host; item assignment would copy it (a sync).
+        diagonal = torch.arange(old, new, device=self.device) * (self._containment.shape[0] + 1)
+        self._containment.view(-1).index_fill_(0, diagonal, 1.0)
         self._num_merged = new
+        return new_mids - old, new_slots
 
     def _append_rows(self, table: Optional[torch.Tensor], rows: Optional[torch.Tensor],
                      count: int) -> Optional[torch.Tensor]:
@@ -319,23 +379,15 @@ class MaskGraph:
         """Append pairs of new masks (ids above all current ones) with a linear merge."""
         self._inc_mid = torch.cat([self._inc_mid, mids])
         self._inc_slot = torch.cat([self._inc_slot, slots])
-        counts = torch.bincount(mids - self._num_merged, minlength=num_masks)
+        counts = self._long(num_masks).index_add_(0, mids - self._num_merged,
+                                                  torch.ones_like(mids))
         self._voxel_counts = torch.cat([self._voxel_counts, counts])
         self._mask_ptr = torch.cat([self._mask_ptr,
                                     self._mask_ptr[-1] + torch.cumsum(counts, 0)])
-        order = torch.argsort(slots, stable=True)
-        new_slots, new_mids = slots[order], mids[order]
-        old_count, new_count = self._by_slot.numel(), new_slots.numel()
+        new_slots, order = torch.sort(slots, stable=True)
         # Equal slots: the new (larger) ids go after the old ones, keeping id order per slot.
-        new_pos = (torch.searchsorted(self._by_slot, new_slots, right=True)
-                   + torch.arange(new_count, device=self.device))
-        old_pos = (torch.arange(old_count, device=self.device)
-                   + torch.searchsorted(new_slots, self._by_slot))
-        merged_slots = self._long(old_count + new_count)
-        merged_mids = self._long(old_count + new_count)
-        merged_slots[old_pos], merged_slots[new_pos] = self._by_slot, new_slots
-        merged_mids[old_pos], merged_mids[new_pos] = self._by_slot_mid, new_mids
-        self._by_slot, self._by_slot_mid = merged_slots, merged_mids
+        self._by_slot, self._by_slot_mid = _merge_sorted(self._by_slot, self._by_slot_mid,
+                                                         new_slots, mids[order])
 
     def _join(self, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Join slots with the merged incidence: ``(index into slots, merged id)`` pairs."""
@@ -353,29 +405,33 @@ class MaskGraph:
     # ----------------------------------------------------------------- containment
 
     def _update_containment(self, query_ids: torch.Tensor, target_limit: Optional[int] = None,
-                            query_frame: Optional[int] = None) -> None:
+                            query_voxels: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                            ) -> None:
         """Write ``C`` in both directions between ``query_ids`` and overlapping masks.
 
         Query A of method.md 3.6 (and Query B among the queries themselves): overlap by the
-        slot join and ``bincount``, visibility through the observation bitset and the frame
+        slot join and a dense count, visibility through the observation store and the frame
         sets, the gates of ``merging.gated_containment``. Targets are all masks below
         ``target_limit`` (all masks when None); a pair of two queries is computed once.
-        ``query_frame``: all queries were segmented in this one frame only (an insertion),
-        so ``vis(target | query)`` is one count per target. Entries of pairs without
-        overlap are left untouched.
+        ``query_voxels``: the
+        queries' voxels as ``(index into query_ids, slot)`` when the caller has them.
+        Entries of pairs without overlap are left untouched.
         """
         num, count = self._num_merged, query_ids.numel()
-        voxel_owner, voxel_slots = self._mask_voxels(query_ids)
+        if query_voxels is None:
+            query_voxels = self._mask_voxels(query_ids)
+        voxel_owner, voxel_slots = query_voxels
         join_owner, targets = self._join(voxel_slots)
-        overlap = torch.bincount(voxel_owner[join_owner] * num + targets,
-                                 minlength=count * num).view(count, num)
-        target_rank = self._long(num).fill_(count)
-        target_rank[query_ids] = torch.arange(count, device=self.device)
-        own_rank = torch.arange(count, device=self.device)[:, None]
-        # A pair of two queries is computed once, from the later query (no self pairs).
-        overlap.masked_fill_((target_rank < count) & (target_rank >= own_rank), 0)
+        overlap = self._long(count * num).index_add_(
+            0, voxel_owner[join_owner] * num + targets, torch.ones_like(targets)).view(count, num)
         if target_limit is not None:
             overlap[:, target_limit:] = 0
+        else:
+            target_rank = self._long(num).fill_(count)
+            target_rank[query_ids] = torch.arange(count, device=self.device)
+            own_rank = torch.arange(count, device=self.device)[:, None]
+            # A pair of two queries is computed once, from the later query (no self pairs).
+            overlap.masked_fill_((target_rank < count) & (target_rank >= own_rank), 0)
         rows, targets = torch.nonzero(overlap, as_tuple=True)
         if not rows.numel():
             return
@@ -383,68 +439,46 @@ class MaskGraph:
         queries = query_ids[rows]
         cfg = self.config
         gates = (cfg.contain_min, cfg.visible_ratio_min, cfg.visible_min_voxels)
-        if query_frame is None:
-            # One square visibility matrix over every mask involved serves both directions.
-            involved, position = torch.unique(torch.cat([queries, targets]),
-                                              return_inverse=True)
-            query_col, target_col = position.split(rows.numel())
-            visibility = self._visibility(involved, involved)
-            targets_seen = visibility[target_col, query_col]
-            queries_seen = visibility[query_col, target_col]
-        else:
-            distinct, target_col = torch.unique(targets, return_inverse=True)
-            targets_seen = self._frame_visible_counts(distinct, query_frame)[target_col]
-            queries_seen = self._visibility(query_ids, distinct)[rows, target_col]
-        query_contains = merging.gated_containment(
-            shared, targets_seen, self._voxel_counts[targets], *gates)
-        target_contains = merging.gated_containment(
-            shared, queries_seen, self._voxel_counts[queries], *gates)
-        self._containment[queries, targets] = query_contains
-        self._containment[targets, queries] = target_contains
+        # Both directions in one pass: first "query contains target" (the target's voxels
+        # seen in the query's frames), then "target contains query".
+        contained = torch.cat([targets, queries])
+        container = torch.cat([queries, targets])
+        self._containment[container, contained] = merging.gated_containment(
+            shared.repeat(2), self._pair_visibility(contained, container),
+            self._voxel_counts[contained], *gates)
 
-    def _visibility(self, seen: torch.Tensor, observers: torch.Tensor) -> torch.Tensor:
-        """Return int64 ``(n, m)`` ``vis(seen[i] | observers[j])`` for all pairs.
+    def _pair_visibility(self, seen: torch.Tensor, observers: torch.Tensor) -> torch.Tensor:
+        """Return int64 ``(p,)`` ``vis(seen[i] | observers[i])`` for ``p`` pairs.
 
-        ``vis(a|b) = |{v in V_a : obs[v] & frames[b] != 0}|``. The voxels of ``seen`` are
-        grouped by their observation pattern (few distinct patterns per mask), so the count
-        is two small exact float matmuls: voxels per (mask, pattern) times "pattern shares
-        a frame with the observer".
+        ``vis(a|b) = |{v in V_a : obs[v] & frames[b] != 0}|`` (method.md 3.6 steps 2-3),
+        over each voxel's active word and frozen words. Work is ``O(sum |V_seen| * words
+        per voxel)``, in chunks of at most ``_PAIR_VOXELS`` (pair, voxel) elements.
         """
-        owner, slots = self._mask_voxels(seen)
-        words = self._obs[slots]
-        if words.shape[1] == 1:
-            # One sort gives the distinct patterns and the voxels grouped by pattern.
-            sorted_words, order = torch.sort(words[:, 0])
-            patterns, pattern_of_voxel = torch.unique_consecutive(sorted_words,
-                                                                  return_inverse=True)
-            patterns = patterns[:, None]
-            owner = owner[order]
-        else:
-            patterns, pattern_of_voxel = torch.unique(words, dim=0, return_inverse=True)
-            order = torch.argsort(pattern_of_voxel)
-            owner, pattern_of_voxel = owner[order], pattern_of_voxel[order]
-        observer_frames = _unpack_bits(self._frames[observers]).to(torch.float32)
-        result = torch.zeros((seen.numel(), observers.numel()), device=self.device)
-        step = max(_VISIBILITY_CELLS // max(seen.numel(), 1), 1)
-        for first in range(0, patterns.shape[0], step):
-            last = min(first + step, patterns.shape[0])
-            low, high = torch.searchsorted(
-                pattern_of_voxel, torch.tensor([first, last], device=self.device)).tolist()
-            # Float32 is exact here: every count stays far below 2**24.
-            per_pattern = torch.bincount(
-                owner[low:high] * (last - first) + pattern_of_voxel[low:high] - first,
-                minlength=seen.numel() * (last - first)).view(seen.numel(), last - first)
-            shares_frame = (_unpack_bits(patterns[first:last]).to(torch.float32)
-                            @ observer_frames.T) > 0
-            result += per_pattern.to(torch.float32) @ shares_frame.to(torch.float32)
-        return torch.round(result).to(torch.int64)
+        lengths = self._voxel_counts[seen]
+        counts = self._long(seen.numel())
+        bounds = torch.cumsum(lengths, 0).tolist()  # sync: chunk sizes
+        first = 0
+        while first < len(bounds):
+            base = bounds[first - 1] if first else 0
+            last = max(first + 1, bisect.bisect_right(bounds, base + _PAIR_VOXELS, first))
+            pair, position = _expand_segments(self._mask_ptr[seen[first:last]],
+                                              lengths[first:last], bounds[last - 1] - base)
+            slots = self._inc_slot[position]
+            observer = observers[first:last][pair]
+            visible = self._frozen_visible(slots, observer)
+            visible |= (self._active_bits[slots] & self._frames[observer, self._active_word]) != 0
+            counts[first:last].index_add_(0, pair, visible.to(torch.int64))
+            first = last
+        return counts
 
-    def _frame_visible_counts(self, ids: torch.Tensor, frame: int) -> torch.Tensor:
-        """Count voxels of masks ``ids`` observed in ``frame``, int64 ``(n,)``."""
-        owner, slots = self._mask_voxels(ids)
-        word, bit = divmod(frame, BITS_PER_WORD)
-        hits = (self._obs[slots, word] >> bit) & 1
-        return self._long(ids.numel()).index_add_(0, owner, hits)
+    def _frozen_visible(self, slots: torch.Tensor, observer: torch.Tensor) -> torch.Tensor:
+        """Bool ``(n,)``: a frozen word of ``slots[i]`` shares a frame with ``observer[i]``."""
+        low = torch.searchsorted(self._frozen_keys, slots << _WORD_BITS)
+        lengths = torch.searchsorted(self._frozen_keys, (slots + 1) << _WORD_BITS) - low
+        owner, entry = _expand_segments(low, lengths, int(lengths.sum()))  # sync: size
+        words = self._frozen_keys[entry] & _WORD_MASK
+        shares = (self._frozen_words[entry] & self._frames[observer[owner], words]) != 0
+        return self._long(slots.numel()).index_add_(0, owner, shares.to(torch.int64)) > 0
 
     # ----------------------------------------------------------------- merge round
 
@@ -491,10 +525,10 @@ class MaskGraph:
                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Aggregate surface points per slot: counts ``(S,)`` and feature sums ``(S, Dg)``.
 
-        ``S`` = rows of the observation bitset; points on slots no mask ever held are
+        ``S`` = rows of the active observation word; points on slots no mask ever held are
         dropped (they cannot fall in any voxel set).
         """
-        rows = self._obs.shape[0]
+        rows = self._active_bits.shape[0]
         known = (point_slots >= 0) & (point_slots < rows)
         slots = point_slots[known]
         counts = torch.bincount(slots, minlength=rows)
@@ -618,8 +652,9 @@ class MaskGraph:
         num = self._num_merged
         state = {
             'counters': torch.tensor([self._num_insertions, self._merge_time,
-                                      self._validity_level, num]),
-            'observations': self._obs, 'frames': self._frames, 'weights': self._weights,
+                                      self._validity_level, num, self._active_word]),
+            'active_observations': self._active_bits, 'frozen_keys': self._frozen_keys,
+            'frozen_words': self._frozen_words, 'frames': self._frames, 'weights': self._weights,
             'created': self._created, 'first_frame': self._first_frame,
             'score_sum': self._score_sum, 'has_descriptor': self._has_descriptor,
             'merged_of_raw': self._merged_of_raw, 'containment': self.containment,
@@ -634,9 +669,11 @@ class MaskGraph:
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Restore a state produced by ``state_dict`` (any device) onto this graph's device."""
         state = {name: value.to(self.device) for name, value in state.items()}
-        (self._num_insertions, self._merge_time, self._validity_level,
-         self._num_merged) = (int(v) for v in state['counters'])
-        self._obs, self._frames = state['observations'], state['frames']
+        (self._num_insertions, self._merge_time, self._validity_level, self._num_merged,
+         self._active_word) = (int(v) for v in state['counters'])
+        self._active_bits = state['active_observations']
+        self._frozen_keys, self._frozen_words = state['frozen_keys'], state['frozen_words']
+        self._frames = state['frames']
         self._weights, self._created = state['weights'], state['created']
         self._first_frame, self._score_sum = state['first_frame'], state['score_sum']
         self._has_descriptor = state['has_descriptor']
@@ -647,6 +684,20 @@ class MaskGraph:
         self._containment = torch.zeros((max(num, 16),) * 2, device=self.device)
         self._containment[:num, :num] = state['containment']
         self._set_incidence(state['incidence_mid'], state['incidence_slot'])
+
+    def state_nbytes(self) -> Dict[str, int]:
+        """Bytes of persistent device state by part (capacities included, no transients)."""
+        def nbytes(*tensors) -> int:
+            return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return {
+            'observations': nbytes(self._active_bits, self._frozen_keys, self._frozen_words),
+            'incidence': nbytes(self._inc_mid, self._inc_slot, self._by_slot,
+                                self._by_slot_mid, self._voxel_counts, self._mask_ptr),
+            'containment': nbytes(self._containment),
+            'per_mask': nbytes(self._frames, self._weights, self._created, self._first_frame,
+                               self._score_sum, self._features, self._descriptors,
+                               self._has_descriptor, self._merged_of_raw),
+        }
 
     def _long(self, shape) -> torch.Tensor:
         """Return int64 zeros of ``shape`` on the device."""

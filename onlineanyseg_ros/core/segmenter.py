@@ -123,7 +123,7 @@ class OnlineSegmenter:
         if masks.scores is not None:
             scores = torch.from_numpy(masks.scores[rows]).to(self.device, torch.float32)
         self._graph.insert_frame(observed_slots, mask_slots, lifted.mask_offsets.to(self.device),
-                                 features, scores)
+                                 features, scores, num_slots=self._hash.num_slots)
         return int(rows.size)
 
     def merge(self) -> Dict[str, float]:

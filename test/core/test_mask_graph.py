@@ -169,7 +169,8 @@ def check_same(graph, naive):
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('frames,max_masks,seed', [(9, 5, 0), (9, 6, 1), (100, 2, 2)])
+@pytest.mark.parametrize('frames,max_masks,seed', [(9, 5, 0), (9, 6, 1), (100, 2, 2),
+                                                (200, 2, 3)])
 def test_query_a_merges_and_removals_match_naive_reference(device, frames, max_masks, seed):
     rng = random.Random(seed)
     config = SegmenterConfig(singleton_expiry_keyframes=6, visible_min_voxels=30)
@@ -407,3 +408,28 @@ def test_bad_inputs_raise():
                            torch.ones(2, 4))
     with pytest.raises(ValueError, match='slots'):
         graph.insert_frame(torch.tensor([-1]), torch.arange(3), torch.tensor([0, 3]))
+
+
+def test_observation_store_keeps_only_nonzero_words_and_survives_a_round_trip():
+    """A sliding window of slots over 140 insertions: frozen entries are the (slot, word)
+    pairs with a bit set, and a graph restored mid-way continues exactly like the original."""
+    config = SegmenterConfig(singleton_expiry_keyframes=1000)
+    graph, restored = MaskGraph(config), None
+    seen_words = set()
+    for frame in range(140):
+        start = 7 * frame
+        observed = torch.arange(start, start + 60)
+        masks = torch.arange(start + 5, start + 55)
+        for target in (graph,) if restored is None else (graph, restored):
+            target.insert_frame(observed, masks, torch.tensor([0, 25, 50]))
+        seen_words.update((slot, frame // 63) for slot in range(start, start + 60)
+                          if frame // 63 < 2)
+        if frame == 70:
+            restored = MaskGraph(config)
+            restored.load_state_dict(graph.state_dict())
+    # Words 0 and 1 are frozen (insertions 0-125); word 2 is the active one.
+    assert graph._frozen_keys.numel() == len(seen_words)
+    dense_bytes = graph._active_bits.numel() * 3 * 8
+    assert graph.state_nbytes()['observations'] < dense_bytes
+    assert torch.equal(restored.containment, graph.containment)
+    assert (graph.containment > 0).sum() > graph.num_merged  # pairs did overlap
