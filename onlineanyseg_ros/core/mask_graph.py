@@ -367,13 +367,22 @@ class MaskGraph:
 
     # ----------------------------------------------------------------- incidence
 
-    def _set_incidence(self, mids: torch.Tensor, slots: torch.Tensor) -> None:
-        """Install pairs sorted by (merged id, slot), deduplicated, and the slot-sorted join."""
+    def _set_incidence(self, mids: torch.Tensor, slots: torch.Tensor,
+                       by_slot: Optional[torch.Tensor] = None,
+                       by_slot_mid: Optional[torch.Tensor] = None) -> None:
+        """Install pairs sorted by (merged id, slot), deduplicated, and the slot-sorted join.
+
+        ``by_slot``/``by_slot_mid``: the same pairs sorted by (slot, id) when the caller has
+        them; else they are sorted here.
+        """
         self._inc_mid, self._inc_slot = mids, slots
-        self._voxel_counts = torch.bincount(mids, minlength=self._num_merged)
+        self._voxel_counts = self._long(self._num_merged).index_add_(0, mids,
+                                                                     torch.ones_like(mids))
         self._mask_ptr = torch.nn.functional.pad(torch.cumsum(self._voxel_counts, 0), (1, 0))
-        order = torch.argsort(slots, stable=True)
-        self._by_slot, self._by_slot_mid = slots[order], mids[order]
+        if by_slot is None:
+            order = torch.argsort(slots, stable=True)
+            by_slot, by_slot_mid = slots[order], mids[order]
+        self._by_slot, self._by_slot_mid = by_slot, by_slot_mid
 
     def _append_incidence(self, mids, slots, num_masks: int) -> None:
         """Append pairs of new masks (ids above all current ones) with a linear merge."""
@@ -502,8 +511,7 @@ class MaskGraph:
         if self._num_merged:
             self._update_descriptors(*points)
             edges = merging.stage1_edges(self.containment, self._weights, self._features,
-                                         self._descriptors, self._has_descriptor,
-                                         self.config)
+                                         self._descriptors, self._has_descriptor, self.config)
             stats['stage1_merged'] = self._merge(edges, points)
         if stats['stage1_merged']:
             self._merge_time += 1
@@ -625,7 +633,15 @@ class MaskGraph:
         self._weights = summed(weights)
         self._score_sum = summed(self._score_sum)
         self._features = None if self._features is None else summed(self._features)
-        self._frames = _pack_bits(summed(_unpack_bits(self._frames).to(torch.int32)) > 0)
+        # Frame sets: kept rows are copied; only members of merged components are unpacked.
+        frames = self._frames.new_zeros((total, self._frames.shape[1]))
+        frames[:num_kept] = self._frames[kept]
+        if num_new:
+            grouped = target >= num_kept
+            bits = _unpack_bits(self._frames[source[grouped]]).to(torch.int32)
+            frames[num_kept:] = _pack_bits(bits.new_zeros((num_new, bits.shape[1])).index_add_(
+                0, target[grouped] - num_kept, bits) > 0)
+        self._frames = frames
         self._first_frame = self._first_frame.new_zeros(total).scatter_reduce_(
             0, target, self._first_frame[source], 'amin', include_self=False)
         created = self._long(total).fill_(self._num_insertions - 1)
@@ -634,16 +650,40 @@ class MaskGraph:
         raw_alive = self._merged_of_raw >= 0
         self._merged_of_raw = torch.where(
             raw_alive, new_of_old[self._merged_of_raw.clamp_min(0)], -1)
-        keys = (new_of_old[self._inc_mid] << _KEY_SHIFT) | self._inc_slot
-        keys = torch.unique(keys[keys >= 0])
+        incidence = self._renumbered_incidence(new_of_old, num_kept)
         capacity = self._containment.shape[0]
         containment = torch.eye(capacity, device=self.device)
         containment[:num_kept, :num_kept] = self._containment[kept][:, kept]
         self._containment = containment
         self._num_merged = total
-        self._set_incidence(keys >> _KEY_SHIFT, keys & _SLOT_MASK)
+        self._set_incidence(*incidence)
         if num_new:
             self._update_containment(torch.arange(num_kept, total, device=self.device))
+
+    def _renumbered_incidence(self, new_of_old: torch.Tensor, num_kept: int
+                              ) -> Tuple[torch.Tensor, ...]:
+        """Return the incidence after ``new_of_old``: id-sorted and slot-sorted pairs.
+
+        Kept masks map monotonically, so their pairs stay sorted and unique in both orders
+        and are only filtered; the pairs of merged components (new ids above every kept id)
+        are deduplicated, sorted and merged in. Linear in the incidence plus a sort of the
+        merged components' pairs, instead of sorting all pairs again.
+        """
+        new_mid = new_of_old[self._inc_mid]
+        kept = (new_mid >= 0) & (new_mid < num_kept)
+        group_keys = torch.unique((new_mid[new_mid >= num_kept] << _KEY_SHIFT)
+                                  | self._inc_slot[new_mid >= num_kept])
+        group_mids, group_slots = group_keys >> _KEY_SHIFT, group_keys & _SLOT_MASK
+        mids = torch.cat([new_mid[kept], group_mids])
+        slots = torch.cat([self._inc_slot[kept], group_slots])
+        by_slot_new_mid = new_of_old[self._by_slot_mid]
+        by_slot_kept = (by_slot_new_mid >= 0) & (by_slot_new_mid < num_kept)
+        # Stable: within a slot the merged components stay in id order.
+        group_slots, order = torch.sort(group_slots, stable=True)
+        by_slot, by_slot_mid = _merge_sorted(self._by_slot[by_slot_kept],
+                                             by_slot_new_mid[by_slot_kept],
+                                             group_slots, group_mids[order])
+        return mids, slots, by_slot, by_slot_mid
 
     # ----------------------------------------------------------------- persistence
 

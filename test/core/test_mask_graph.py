@@ -162,6 +162,11 @@ def check_same(graph, naive):
         voxel_sets[m].add(p)
     assert [voxel_sets[i] for i in range(len(naive.masks))] == [m.voxels for m in naive.masks]
     assert graph.voxel_counts.tolist() == [len(m.voxels) for m in naive.masks]
+    # The slot-sorted join index holds the same pairs, strictly by (slot, merged id).
+    by_slot = graph._by_slot * (graph.num_merged + 1) + graph._by_slot_mid
+    assert bool((by_slot[1:] > by_slot[:-1]).all())
+    assert sorted(zip(graph._by_slot.tolist(), graph._by_slot_mid.tolist())) == sorted(
+        zip(graph._inc_slot.tolist(), graph._inc_mid.tolist()))
     shifts = torch.arange(63, device=graph.device)
     bits = ((graph._frames[:, :, None] >> shifts) & 1).flatten(1).cpu()
     assert [set(torch.nonzero(row).flatten().tolist()) for row in bits] == [
