@@ -4,20 +4,31 @@ Every ``--every``-th frame of a ScanNet-layout scene that has a label image unde
 ``<masks>/mask/<stem>.png`` is back-projected once (``SegmenterConfig`` depth range, float32
 as in the segmenter); then ``lift_masks`` runs ``--repeats`` times per keyframe after one
 warm-up call, and the median wall time (CUDA-synchronized) per keyframe is reported, with
-its median and maximum over the keyframes, and the accepted / dropped mask counts.
+its median and maximum over the keyframes, the mean number of masks given and accepted per
+keyframe, and the dropped mask counts.
+
+The simulated masks of a synthetic room give about 9 masks per keyframe; a class-agnostic
+segmenter such as CropFormer over-segments and gives several times more. ``--target-masks
+N`` splits every label image into about ``N`` masks (``oversegment``) to time lifting at
+that load:
 
     onlineanyseg synth /tmp/h12/scene --frames 100
     onlineanyseg masks /tmp/h12/scene --backend simulated --out /tmp/h12/masks
     python benchmarks/bench_lifting.py /tmp/h12/scene /tmp/h12/masks
     python benchmarks/bench_lifting.py /tmp/h12/scene /tmp/h12/masks --device cuda
+    python benchmarks/bench_lifting.py /tmp/h12/scene /tmp/h12/masks --device cuda \
+        --target-masks 50
 
-``--save FILE`` writes the lifted key sets (a ``torch.save`` dict) and ``--compare FILE``
-reports, per keyframe, the Jaccard similarity of each mask's voxel set with a saved run
-(e.g. before and after a change of the lifting code).
+(``synth`` renders 640x480 by default; ``masks`` labels every 10th frame, so the scene above
+has 10 keyframes.) ``--save FILE`` writes the lifted key sets (a ``torch.save`` dict) and
+``--compare FILE`` reports, per keyframe, the Jaccard similarity of each mask's voxel set
+with a saved run (e.g. before and after a change of the lifting code; use the same
+``--target-masks`` for both).
 """
 
 import argparse
 import json
+import math
 import statistics
 
 import torch
@@ -47,6 +58,64 @@ def load_keyframes(scene: str, masks: str, every: int, max_frames: int, device):
         if len(keyframes) >= max_frames:
             break
     return keyframes
+
+
+def grid_pieces(labels: torch.Tensor, cell_pixels: int) -> torch.Tensor:
+    """Return int64 ``(H, W)`` piece codes: masks split by a square grid (-1 = no mask)."""
+    height, width = labels.shape
+    cells_across = -(-width // cell_pixels)
+    cells_down = -(-height // cell_pixels)
+    rows = torch.arange(height, device=labels.device)[:, None] // cell_pixels
+    columns = torch.arange(width, device=labels.device)[None, :] // cell_pixels
+    codes = (labels * cells_down + rows) * cells_across + columns
+    return torch.where(labels > 0, codes, -1)
+
+
+def count_pieces(labels: torch.Tensor, cell_pixels: int, min_piece_pixels: int) -> int:
+    """Count the grid pieces of ``labels`` with at least ``min_piece_pixels`` pixels."""
+    codes = grid_pieces(labels, cell_pixels)
+    _, sizes = torch.unique(codes[codes >= 0], return_counts=True)
+    return int((sizes >= min_piece_pixels).sum())
+
+
+def oversegment(labels: torch.Tensor, target_masks: int, min_piece_pixels: int
+                ) -> torch.Tensor:
+    """Split every mask of a label image by a pixel grid into about ``target_masks`` masks.
+
+    Mimics the over-segmentation of a class-agnostic segmenter: each mask is cut by one
+    regular square grid, pieces of fewer than ``min_piece_pixels`` pixels are dropped (set
+    to 0) and the rest are relabelled ``1..K`` in code order. The cell size is chosen per
+    image. Cells smaller than ``min_piece_pixels`` hold no piece, so the search starts at
+    the smallest cell that does; from there the piece count falls (nearly monotonically) as
+    cells grow, and a bisection finds the two neighbouring sizes around ``target_masks``, of
+    which the one with the closer count is taken. The count is capped at both ends: the
+    smallest cell when even it gives fewer pieces, one cell (masks unsplit) when the image
+    already holds more.
+
+    Args:
+        labels: int64 ``(H, W)`` mask ids, 0 = none.
+        target_masks: wanted number of masks (>= 1).
+        min_piece_pixels: smallest piece kept (pixels).
+
+    Returns:
+        int64 ``(H, W)`` labels ``0..K``, ``K`` about ``target_masks``.
+
+    """
+    small, large = math.isqrt(max(0, min_piece_pixels - 1)) + 1, max(labels.shape)
+    while large - small > 1:
+        middle = (small + large) // 2
+        if count_pieces(labels, middle, min_piece_pixels) > target_masks:
+            small = middle
+        else:
+            large = middle
+    cell_pixels = min((small, large), key=lambda size: abs(
+        count_pieces(labels, size, min_piece_pixels) - target_masks))
+    codes = grid_pieces(labels, cell_pixels)
+    piece_codes, piece_of_pixel, sizes = torch.unique(codes, return_inverse=True,
+                                                      return_counts=True)
+    kept = (piece_codes >= 0) & (sizes >= min_piece_pixels)
+    new_label = torch.where(kept, torch.cumsum(kept, 0), 0)
+    return new_label[piece_of_pixel]
 
 
 def key_sets(frame) -> dict:
@@ -81,6 +150,10 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = keep)')
+    parser.add_argument('--target-masks', type=int, default=0,
+                        help='over-segment every label image to about N masks (0 = off)')
+    parser.add_argument('--min-piece-pixels', type=int, default=400,
+                        help='smallest piece kept by --target-masks (pixels)')
     parser.add_argument('--save')
     parser.add_argument('--compare')
     args = parser.parse_args()
@@ -89,8 +162,13 @@ def main() -> None:
     device = torch.device(args.device)
     config = SegmenterConfig()
     keyframes = load_keyframes(args.scene, args.masks, args.every, args.max_frames, device)
-    seconds, results, accepted, dropped = [], {}, 0, {}
+    if args.target_masks > 0:
+        keyframes = [(stem, points, valid,
+                      oversegment(labels, args.target_masks, args.min_piece_pixels))
+                     for stem, points, valid, labels in keyframes]
+    seconds, results, given, accepted, dropped = [], {}, 0, 0, {}
     for stem, points, valid, labels in keyframes:
+        given += int(torch.unique(labels[labels > 0]).numel())
         seconds.append(median_seconds(lambda: lift_masks(points, valid, labels, config),
                                       device, warmup=1, repeats=args.repeats))
         frame = lift_masks(points, valid, labels, config)
@@ -102,6 +180,8 @@ def main() -> None:
                'keyframes': len(keyframes),
                'median_ms': 1e3 * statistics.median(seconds) if seconds else None,
                'max_ms': 1e3 * max(seconds, default=0.0), 'total_s': sum(seconds),
+               'masks_per_keyframe': given / max(1, len(keyframes)),
+               'accepted_per_keyframe': accepted / max(1, len(keyframes)),
                'accepted_masks': accepted, 'dropped': dropped}
     if args.save:
         torch.save(results, args.save)

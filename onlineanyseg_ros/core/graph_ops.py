@@ -161,17 +161,21 @@ def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor) -> to
     labels = torch.arange(num_nodes, dtype=torch.int64, device=i.device)
     while i.numel() > 0:
         label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
-        joining = label_i != label_j
-        if not bool(joining.any()):
+        # One nonzero (a host sync on CUDA) compacts all four edge tensors.
+        joining = torch.nonzero(label_i != label_j).squeeze(1)
+        if joining.numel() == 0:
             break
-        i, j = i[joining], j[joining]
-        label_i, label_j = label_i[joining], label_j[joining]
+        i, j = i.index_select(0, joining), j.index_select(0, joining)
+        label_i, label_j = label_i.index_select(0, joining), label_j.index_select(0, joining)
         # After full pointer jumping every label is a root, so this hooks roots onto smaller
         # roots only and labels[x] <= x stays true.
         labels.scatter_reduce_(0, torch.maximum(label_i, label_j),
                                torch.minimum(label_i, label_j), reduce='amin')
+        # Two jumps per convergence test (a host sync): jumping past the fixed point (every
+        # label a root) changes nothing.
         while True:
             jumped = labels.index_select(0, labels)
+            jumped = jumped.index_select(0, jumped)
             if torch.equal(jumped, labels):
                 break
             labels = jumped
@@ -220,14 +224,20 @@ def _sum_smallest(query_index: torch.Tensor, distance: torch.Tensor, found: torc
     run_start = torch.cumsum(found, 0) - found
     widest = int(found.max())
     block_rows = max(1, max_cells // widest)
-    for begin in range(0, found.numel(), block_rows):
+    # Every block's pair range and widest need, read back at once (one host sync).
+    begins = range(0, found.numel(), block_rows)
+    block_of_query = torch.div(torch.arange(found.numel(), device=device), block_rows,
+                               rounding_mode='floor')
+    block_need = torch.zeros(len(begins), dtype=need.dtype, device=device).scatter_reduce_(
+        0, block_of_query, need, reduce='amax')
+    firsts, needs = torch.stack((run_start[::block_rows], block_need)).tolist()
+    lasts = firsts[1:] + [distance.numel()]
+    for begin, first, last, taken in zip(begins, firsts, lasts, needs):
         end = min(begin + block_rows, found.numel())
-        first, last = run_start[begin], run_start[end - 1] + found[end - 1]
         rows = query_index[first:last] - begin
         columns = torch.arange(first, last, device=device) - run_start[query_index[first:last]]
         dense = torch.full((end - begin, widest), math.inf, dtype=distance.dtype, device=device)
         dense[rows, columns] = distance[first:last]
-        taken = int(need[begin:end].max())
         smallest = dense.topk(taken, dim=1, largest=False).values
         wanted = torch.arange(taken, device=device)[None, :] < need[begin:end, None]
         sums[begin:end] = torch.where(wanted, smallest, 0.0).sum(1)

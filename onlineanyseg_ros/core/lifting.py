@@ -10,6 +10,7 @@ identical results. Neighbourhoods come from lattice-window lookups (``_denoise``
 """
 
 from dataclasses import dataclass, field
+import functools
 import math
 from typing import Dict, Optional, Tuple
 
@@ -71,22 +72,44 @@ class LiftedFrame:
 _DENSE_LABEL_LIMIT = 1 << 24
 
 
-def _mask_points(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (mask ids ascending, float64 points with valid depth, their mask index)."""
-    flat_labels = labels.reshape(-1).to(device=points_world.device, dtype=torch.int64)
-    usable = (flat_labels >= 1) & valid.reshape(-1)
-    points = points_world.reshape(-1, 3)[usable].to(torch.float64)
+def _count(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Int64 ``(size,)`` occurrences of each value of ``index`` (int64, in ``[0, size)``).
+
+    ``torch.bincount`` without its two host syncs on CUDA (it reads the min and max of the
+    input); as fast on CPU.
+    """
+    counts = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return counts.index_add_(0, index, index.new_ones(()).expand_as(index))
+
+
+def _pixel_masks(labels: torch.Tensor, device: torch.device
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return the mask ids ascending and each pixel's index into them (``len(ids)``: none).
+
+    Args:
+        labels: int ``(H, W)`` mask ids, 0 (or negative) = none.
+        device: where the results go.
+
+    Returns:
+        int64 ``(M,)`` ids and int64 ``(H * W,)`` mask index of every pixel in ``[0, M]``.
+
+    """
+    flat_labels = labels.reshape(-1).to(device=device, dtype=torch.int64)
     largest = int(flat_labels.max()) if flat_labels.numel() > 0 else 0
     if largest <= _DENSE_LABEL_LIMIT:
         # Label images hold small ids (mono16): a dense lookup table avoids a sort.
-        present = torch.bincount(flat_labels.clamp(min=0), minlength=largest + 1) > 0
+        label_value = flat_labels.clamp(min=0)
+        present = torch.zeros(max(largest, 0) + 1, dtype=torch.bool, device=device)
+        present.index_fill_(0, label_value, True)
         present[0] = False
         mask_ids = torch.nonzero(present).squeeze(1)
         index_of_label = torch.cumsum(present, 0) - 1
-        return mask_ids, points, index_of_label[flat_labels[usable]]
-    mask_ids = torch.unique(flat_labels[flat_labels >= 1])
-    return mask_ids, points, torch.searchsorted(mask_ids, flat_labels[usable])
+        index_of_label[0] = mask_ids.numel()
+        return mask_ids, index_of_label[label_value]
+    labelled = flat_labels >= 1
+    mask_ids = torch.unique(flat_labels[labelled])
+    return mask_ids, torch.where(labelled, torch.searchsorted(mask_ids, flat_labels),
+                                 mask_ids.numel())
 
 
 def voxel_downsample(points: torch.Tensor, point_mask: torch.Tensor, num_masks: int,
@@ -116,10 +139,10 @@ def voxel_downsample(points: torch.Tensor, point_mask: torch.Tensor, num_masks: 
     extent = [int(value) + 1 for value in cells.max(0).values.tolist()]
     codes = ((point_mask * extent[0] + cells[:, 0]) * extent[1] + cells[:, 1]) * extent[2] \
         + cells[:, 2]
-    cell_codes, cell_of_point = torch.unique(codes, return_inverse=True)
+    cell_codes, cell_of_point, counts = torch.unique(codes, return_inverse=True,
+                                                     return_counts=True)
     sums = torch.zeros((cell_codes.numel(), 3), dtype=points.dtype, device=points.device)
     sums.index_add_(0, cell_of_point, points)
-    counts = torch.bincount(cell_of_point, minlength=cell_codes.numel())
     z = cell_codes % extent[2]
     rest = torch.div(cell_codes, extent[2], rounding_mode='floor')
     y = rest % extent[1]
@@ -152,16 +175,18 @@ def dbscan_largest_label(batch: torch.Tensor, num_batches: int, i: torch.Tensor,
 
     """
     num_points = batch.numel()
-    core = torch.bincount(i, minlength=num_points) + 1 >= min_points
+    core = _count(i, num_points) + 1 >= min_points
     core_i, core_j = core.index_select(0, i), core.index_select(0, j)
-    # Each pair comes in both orders: one order is enough for the components.
+    # Each pair comes in both orders: one order is enough for the components. The other
+    # pairs become self-loops, which join nothing: no compaction (a host sync) here.
     core_edge = core_i & core_j & (i < j)
-    component = connected_components(num_points, i[core_edge], j[core_edge])
+    component = connected_components(num_points, i, torch.where(core_edge, j, i))
     # Component ids are the lowest core index of each cluster: the creation order of Open3D.
-    label = torch.where(core, component, torch.full_like(component, num_points))
+    label = torch.where(core, component, num_points)
+    # Pairs that are not (border, core) offer num_points, which changes no label.
     border_edge = ~core_i & core_j
-    label.scatter_reduce_(0, i[border_edge], component.index_select(0, j[border_edge]),
-                          reduce='amin')
+    label.scatter_reduce_(0, i, torch.where(border_edge, component.index_select(0, j),
+                                            num_points), reduce='amin')
     shifted = torch.where(label == num_points, torch.zeros_like(label), label + 1)
     mode, _ = segment_mode(batch, shifted, num_batches, num_points + 1)
     return shifted == mode[batch]
@@ -198,7 +223,7 @@ def statistical_inliers(points: torch.Tensor, batch: torch.Tensor, num_batches: 
     mean_distance = knn_mean_distance(points, batch, neighbors, initial_radius, candidates)
     positive = mean_distance > 0
     zero = torch.zeros_like(mean_distance)
-    counts = torch.bincount(batch, minlength=num_batches).to(points.dtype)
+    counts = _count(batch, num_batches).to(points.dtype)
     sums = torch.zeros(num_batches, dtype=points.dtype, device=points.device)
     sums.index_add_(0, batch, torch.where(positive, mean_distance, zero))
     cloud_mean = sums / counts
@@ -243,7 +268,7 @@ def associate_voxels(points: torch.Tensor, batch: torch.Tensor, num_batches: int
             + squared[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
     covered = torch.zeros(num_batches, dtype=torch.float64, device=device)
     covered.index_add_(0, batch, hit.any(1).to(torch.float64))
-    coverage = covered / torch.bincount(batch, minlength=num_batches).to(torch.float64)
+    coverage = covered / _count(batch, num_batches).to(torch.float64)
     flat = torch.nonzero(hit.reshape(-1)).squeeze(1)
     if flat.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64, device=device)
@@ -253,16 +278,17 @@ def associate_voxels(points: torch.Tensor, batch: torch.Tensor, num_batches: int
                         torch.div(flat, per_axis, rounding_mode='floor') % per_axis,
                         flat % per_axis), dim=1)
     ijk = start.index_select(0, point) + step
-    bounds = torch.cat((ijk.min(0).values, ijk.max(0).values)).tolist()
-    extent = [high - low + 1 for low, high in zip(bounds[:3], bounds[3:])]
-    local = ijk - torch.tensor(bounds[:3], dtype=torch.int64, device=device)
+    # The origin stays on the device; only the extents are read back (one sync).
+    origin = ijk.min(0).values
+    extent = (ijk.max(0).values - origin + 1).tolist()
+    local = ijk - origin
     codes = torch.unique(((batch.index_select(0, point) * extent[0] + local[:, 0]) * extent[1]
                           + local[:, 1]) * extent[2] + local[:, 2])
     z = codes % extent[2]
     y = torch.div(codes, extent[2], rounding_mode='floor') % extent[1]
     rest = torch.div(codes, extent[1] * extent[2], rounding_mode='floor')
     x = rest % extent[0]
-    unique_ijk = torch.stack((x, y, z), dim=1) + torch.tensor(bounds[:3], device=device)
+    unique_ijk = torch.stack((x, y, z), dim=1) + origin
     pair_batch = torch.div(rest, extent[0], rounding_mode='floor')
     return pair_batch, pack_keys(unique_ijk), coverage
 
@@ -298,36 +324,48 @@ def lift_masks(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Te
 
     """
     device = points_world.device
-    mask_ids, points, point_mask = _mask_points(points_world, valid, labels)
+    mask_ids, mask_of_pixel = _pixel_masks(labels, device)
     num_masks = mask_ids.numel()
-    pixel_counts = torch.bincount(point_mask, minlength=num_masks)
-    alive = pixel_counts >= config.min_mask_pixels
+    # Pixels without depth join the "no mask" index num_masks, which is never alive.
+    mask_or_none = torch.where(valid.reshape(-1), mask_of_pixel, num_masks)
+    alive = _count(mask_or_none, num_masks + 1)[:num_masks] >= config.min_mask_pixels
     alive_after = [alive]
-    keep_points = alive[point_mask]
-    if not bool(keep_points.any()):
+    alive_or_none = torch.cat((alive, alive.new_zeros(1)))
+    kept_pixels = torch.nonzero(alive_or_none.index_select(0, mask_or_none)).squeeze(1)
+    if kept_pixels.numel() == 0:
         return LiftedFrame.empty(device, _dropped(num_masks, alive_after))
-    cells, cell_mask, cell_ijk = voxel_downsample(points[keep_points], point_mask[keep_points],
-                                                  num_masks, config.voxel_size_m)
+    points = points_world.reshape(-1, 3).index_select(0, kept_pixels).to(torch.float64)
+    cells, cell_mask, cell_ijk = voxel_downsample(
+        points, mask_or_none.index_select(0, kept_pixels), num_masks, config.voxel_size_m)
     cells, cell_mask = _denoise(cells, cell_mask, cell_ijk, num_masks, config)
-    alive = alive & (torch.bincount(cell_mask, minlength=num_masks) >= config.min_mask_points)
+    alive = alive & (_count(cell_mask, num_masks) >= config.min_mask_points)
     alive_after.append(alive)
-    keep = alive[cell_mask]
+    cells, cell_mask = _compress(alive.index_select(0, cell_mask), cells, cell_mask)
     pair_mask, pair_key, coverage = associate_voxels(
-        cells[keep], cell_mask[keep], num_masks, config.voxel_size_m, config.query_radius_m)
+        cells, cell_mask, num_masks, config.voxel_size_m, config.query_radius_m)
     alive = alive & (coverage >= config.coverage_min)
     alive_after.append(alive)
-    alive = alive & (torch.bincount(pair_mask, minlength=num_masks) >= config.min_mask_points)
+    alive = alive & (_count(pair_mask, num_masks) >= config.min_mask_points)
     alive_after.append(alive)
-    observed_keys, pair_mask, pair_key, sizes = _remove_boundary(pair_mask, pair_key, alive,
-                                                                 num_masks)
+    observed_keys, pair_mask, pair_key, interior, sizes = _remove_boundary(
+        pair_mask, pair_key, alive, num_masks)
     alive = alive & (sizes > config.min_voxels_after_boundary)
     alive_after.append(alive)
-    accepted_pair = alive[pair_mask]
-    offsets = torch.cat((torch.zeros(1, dtype=torch.int64, device=device),
-                         torch.cumsum(sizes[alive], 0)))
-    return LiftedFrame(labels=mask_ids[alive], observed_keys=observed_keys,
-                       mask_keys=pair_key[accepted_pair], mask_offsets=offsets,
-                       dropped=_dropped(num_masks, alive_after))
+    (mask_keys,) = _compress(interior & alive.index_select(0, pair_mask), pair_key)
+    accepted_ids, accepted_sizes = _compress(alive, mask_ids, sizes)
+    offsets = torch.cat((accepted_sizes.new_zeros(1), torch.cumsum(accepted_sizes, 0)))
+    return LiftedFrame(labels=accepted_ids, observed_keys=observed_keys, mask_keys=mask_keys,
+                       mask_offsets=offsets, dropped=_dropped(num_masks, alive_after))
+
+
+def _compress(keep: torch.Tensor, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Return the rows of every tensor where bool ``(N,)`` ``keep`` is set.
+
+    One ``nonzero`` (a host sync on CUDA) serves all tensors, where indexing each with the
+    bool mask would sync once per tensor.
+    """
+    rows = torch.nonzero(keep).squeeze(1)
+    return tuple(tensor.index_select(0, rows) for tensor in tensors)
 
 
 def _denoise(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torch.Tensor,
@@ -350,10 +388,8 @@ def _denoise(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torch.Tenso
     ``min(k, mask size)`` kept window cells gets the exact kNN (radius search).
     """
     eps, voxel_size = config.query_radius_m, config.voxel_size_m
-    offsets = lattice_offsets(2, max(1.0, eps / voxel_size), cells.device)
-    half = offsets.shape[0] // 2
     neighbor, squared = _forward_window(cells, cell_mask, cell_ijk, num_masks,
-                                        offsets[half + 1:])
+                                        _forward_offsets(max(1.0, eps / voxel_size), cells.device))
     if eps < 2.0 * voxel_size * (1.0 - 1e-9):
         cell, column = torch.nonzero(squared <= eps * eps).unbind(1)
         other = neighbor[cell, column]
@@ -361,13 +397,29 @@ def _denoise(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torch.Tenso
     else:
         i, j = radius_pairs(cells, cell_mask, eps)
     keep = dbscan_largest_label(cell_mask, num_masks, i, j, config.denoise_min_neighbors)
-    candidates = (_window_candidates(neighbor, squared, keep, config.outlier_neighbors)
+    kept = torch.nonzero(keep).squeeze(1)
+    candidates = (_window_candidates(neighbor, squared, keep, kept, config.outlier_neighbors)
                   if config.outlier_neighbors > 0 else None)
-    cells, cell_mask = cells[keep], cell_mask[keep]
-    knn_radius = knn_initial_radius(voxel_size, config.outlier_neighbors)
-    keep = statistical_inliers(cells, cell_mask, num_masks, config.outlier_neighbors,
-                               config.outlier_std_ratio, knn_radius, candidates)
-    return cells[keep], cell_mask[keep]
+    cells, cell_mask = cells.index_select(0, kept), cell_mask.index_select(0, kept)
+    # Cells left to the exact kNN found fewer than k cells in their window: they lie on the
+    # border of their mask, where the k nearest fill a half or quarter disc, not a disc. A
+    # start at twice the interior radius skips a search round that ~90 % of them fail (on
+    # the synthetic room); any start gives the same, exact kNN.
+    knn_radius = 2.0 * knn_initial_radius(voxel_size, config.outlier_neighbors)
+    inliers = statistical_inliers(cells, cell_mask, num_masks, config.outlier_neighbors,
+                                  config.outlier_std_ratio, knn_radius, candidates)
+    return _compress(inliers, cells, cell_mask)
+
+
+@functools.lru_cache(maxsize=8)
+def _forward_offsets(max_gap: float, device: torch.device) -> torch.Tensor:
+    """Return the forward half (after the zero offset) of ``lattice_offsets(2, max_gap)``.
+
+    A constant per configuration and device, built once instead of ~10 small ops and a
+    host sync per frame. Callers must not modify it.
+    """
+    offsets = lattice_offsets(2, max_gap, device)
+    return offsets[offsets.shape[0] // 2 + 1:]
 
 
 def _forward_window(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torch.Tensor,
@@ -390,13 +442,14 @@ def _forward_window(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torc
 
 
 def _window_candidates(neighbor: torch.Tensor, squared: torch.Tensor, keep: torch.Tensor,
-                       k: int) -> torch.Tensor:
+                       kept: torch.Tensor, k: int) -> torch.Tensor:
     """Return each kept cell's ``k`` smallest distances to the kept cells of its window.
 
-    Forward offset ``c`` of ``H`` fills column ``H + 1 + c`` of the row and, mirrored,
-    column ``H - 1 - c`` of the neighbour's row (offsets are symmetric, lexicographic);
-    column ``H`` is the cell itself at distance 0. Float ``(kept, min(k, 2 H + 1))`` in any
-    order, inf = none.
+    ``keep`` bool ``(C,)`` marks the kept cells and ``kept`` int64 holds their rows
+    ascending. Forward offset ``c`` of ``H`` fills column ``H + 1 + c`` of the row and,
+    mirrored, column ``H - 1 - c`` of the neighbour's row (offsets are symmetric,
+    lexicographic); column ``H`` is the cell itself at distance 0. Float ``(kept, min(k,
+    2 H + 1))`` in any order, inf = none.
     """
     num_cells, width = neighbor.shape
     keep_padded = torch.cat((keep, keep.new_zeros(1)))
@@ -409,28 +462,31 @@ def _window_candidates(neighbor: torch.Tensor, squared: torch.Tensor, keep: torc
     full[:, :width] = math.inf
     full[:, width] = 0.0
     full[:num_cells, width + 1:] = distance
-    mirror = width - 1 - torch.arange(width, device=neighbor.device)
-    full.view(-1)[(neighbor * (2 * width + 1) + mirror).reshape(-1)] = distance.reshape(-1)
+    mirror = torch.arange(width - 1, -1, -1, device=neighbor.device)
+    # add() multiplies in the int64 of mirror: the int32 neighbour rows cannot overflow.
+    slots = torch.add(mirror, neighbor, alpha=2 * width + 1)
+    full.view(-1)[slots.reshape(-1)] = distance.reshape(-1)
     nearest = full[:num_cells].topk(min(k, 2 * width + 1), dim=1, largest=False,
                                     sorted=False).values
-    return nearest[keep].to(squared.dtype).sqrt_()
+    return nearest.index_select(0, kept).to(squared.dtype).sqrt_()
 
 
 def _remove_boundary(pair_mask: torch.Tensor, pair_key: torch.Tensor, lifted: torch.Tensor,
-                     num_masks: int
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop the voxels that two or more lifted masks share.
+                     num_masks: int) -> Tuple[torch.Tensor, ...]:
+    """Find the voxels that two or more lifted masks share.
 
-    Returns the sorted unique keys of all lifted masks (pre-removal), the remaining
-    (mask, key) pairs and the remaining voxel count per mask (int64 ``(num_masks,)``).
+    Returns the sorted unique keys of all lifted masks (pre-removal), the (mask, key) pairs
+    of the lifted masks, bool ``interior`` of those pairs (key used by one lifted mask only)
+    and the interior voxel count per mask (int64 ``(num_masks,)``). The interior pairs are
+    left to the caller to select, with the accepted masks, in one compaction.
     """
-    lifted_pair = lifted[pair_mask]
-    pair_mask, pair_key = pair_mask[lifted_pair], pair_key[lifted_pair]
+    pair_mask, pair_key = _compress(lifted.index_select(0, pair_mask), pair_mask, pair_key)
     observed_keys, key_index, key_uses = torch.unique(pair_key, return_inverse=True,
                                                       return_counts=True)
-    interior = key_uses[key_index] == 1
-    pair_mask, pair_key = pair_mask[interior], pair_key[interior]
-    return observed_keys, pair_mask, pair_key, torch.bincount(pair_mask, minlength=num_masks)
+    interior = key_uses.index_select(0, key_index) == 1
+    sizes = torch.zeros(num_masks, dtype=torch.int64, device=pair_mask.device)
+    sizes.index_add_(0, pair_mask, interior.to(torch.int64))
+    return observed_keys, pair_mask, pair_key, interior, sizes
 
 
 def _dropped(num_masks: int, alive_after: list) -> Dict[str, int]:

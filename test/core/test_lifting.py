@@ -350,6 +350,18 @@ def test_float32_and_float64_inputs_give_identical_results():
     assert single.num_masks > 0
 
 
+def test_huge_and_negative_label_ids_lift_like_small_ones():
+    points, valid, labels = synthetic_frame(seed=2)
+    small = _lift(points, valid, labels, CONFIG)
+    # Ids past the dense lookup table take the sorted path; negative ids mean no mask.
+    huge = np.where(labels > 0, labels.astype(np.int64) << 30, -7)
+    large = _lift(points, valid, huge, CONFIG)
+    assert large.labels.tolist() == [label << 30 for label in small.labels.tolist()]
+    for name in ('observed_keys', 'mask_keys', 'mask_offsets'):
+        assert torch.equal(getattr(large, name), getattr(small, name))
+    assert large.dropped == small.dropped and small.num_masks >= 4
+
+
 def test_boundary_removal_edge_at_min_voxels_after_boundary():
     points, valid, labels = synthetic_frame(seed=2)
     loose = dataclasses.replace(CONFIG, min_voxels_after_boundary=0)

@@ -174,8 +174,8 @@ def check_same(graph, naive):
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('frames,max_masks,seed', [(9, 5, 0), (9, 6, 1), (100, 2, 2),
-                                                (200, 2, 3)])
+@pytest.mark.parametrize('frames,max_masks,seed',
+                         [(9, 5, 0), (9, 6, 1), (100, 2, 2), (200, 2, 3)])
 def test_query_a_merges_and_removals_match_naive_reference(device, frames, max_masks, seed):
     rng = random.Random(seed)
     config = SegmenterConfig(singleton_expiry_keyframes=6, visible_min_voxels=30)
@@ -416,8 +416,11 @@ def test_bad_inputs_raise():
 
 
 def test_observation_store_keeps_only_nonzero_words_and_survives_a_round_trip():
-    """A sliding window of slots over 140 insertions: frozen entries are the (slot, word)
-    pairs with a bit set, and a graph restored mid-way continues exactly like the original."""
+    """Frozen entries are the (slot, word) pairs with a bit set; a restored graph goes on alike.
+
+    A sliding window of slots over 140 insertions crosses two word boundaries; the graph is
+    restored from its state after insertion 70 and both get the same later insertions.
+    """
     config = SegmenterConfig(singleton_expiry_keyframes=1000)
     graph, restored = MaskGraph(config), None
     seen_words = set()
