@@ -33,7 +33,6 @@ import json
 import os
 import pathlib
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,20 +48,17 @@ import torch
 import yaml
 
 from onlineanyseg_ros import cli
-from onlineanyseg_ros.commands.demo import package_file
+from onlineanyseg_ros.commands.demo import package_file, stop_process
 from onlineanyseg_ros.core.config import segmenter_config, segmenter_overrides_from_yaml
 from onlineanyseg_ros.core.segmenter import OnlineSegmenter
 from onlineanyseg_ros.core.types import MaskObservation, RgbdFrame
 from onlineanyseg_ros.data.bag import BagLayout
 from onlineanyseg_ros.data.scannet import ScanNetSequence
 from onlineanyseg_ros.perception.precomputed import read_mask_observation
-from onlineanyseg_ros.ros.conversions.camera_info import K_to_camera_info
 from onlineanyseg_ros.ros.conversions.header import time_to_ns
-from onlineanyseg_ros.ros.conversions.image import (array_to_image, depth_m_to_image,
-                                                    features_to_image, labels_to_image)
-from onlineanyseg_ros.ros.conversions.pose import matrix_to_pose_stamped
 from onlineanyseg_ros.ros.frame_queue import JoinedBundle
 from onlineanyseg_ros.ros.instance_query import instance_cloud, instance_marker_array
+from onlineanyseg_ros.ros.perception_node import keyframe_messages
 from onlineanyseg_ros.ros.qos import diagnostics_qos, keyframe_qos
 from onlineanyseg_ros.ros.segmentation_node import decode_bundle, KEYFRAME_TOPICS
 
@@ -196,24 +192,12 @@ def load_keyframes(scene_dir: pathlib.Path, mask_dir: pathlib.Path,
     return keyframes
 
 
-def keyframe_messages(frame: RgbdFrame, masks: MaskObservation) -> Messages:
-    """Return the six keyframe messages of one keyframe as the perception node builds them.
-
-    Colour rgb8, depth 32FC1 metres, labels mono16, features 32FC1 ``(N, D)`` (``(0, 0)``
-    without features), CameraInfo and PoseStamped ``T_world_camera``; all with the frame
-    stamp.
-    """
-    layout, stamp_ns = BagLayout(), frame.stamp_ns
-    camera, (height, width) = layout.camera_frame, frame.shape
+def bundle_of(frame: RgbdFrame, masks: MaskObservation) -> Messages:
+    """Return the six keyframe messages of one keyframe, built as the perception node does."""
     features = masks.features if masks.features is not None else np.zeros((0, 0), np.float32)
-    return {
-        'masks': labels_to_image(masks.labels, stamp_ns, camera),
-        'mask_features': features_to_image(features, stamp_ns, camera),
-        'color': array_to_image(frame.color, 'rgb8', stamp_ns, camera),
-        'depth': depth_m_to_image(frame.depth, stamp_ns, camera),
-        'camera_info': K_to_camera_info(frame.K, height, width, stamp_ns, camera),
-        'pose': matrix_to_pose_stamped(frame.T_world_camera, stamp_ns, layout.world_frame),
-    }
+    layout = BagLayout()
+    return keyframe_messages(frame, masks.labels, features, layout.camera_frame,
+                             layout.world_frame)
 
 
 def write_node_params(args: argparse.Namespace) -> Tuple[pathlib.Path, str]:
@@ -245,17 +229,6 @@ def start_node(params: pathlib.Path, workdir: pathlib.Path) -> Tuple[subprocess.
     command = [sys.executable, '-m', 'onlineanyseg_ros.ros.segmentation_node', '--ros-args',
                '--params-file', str(params)]
     return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT), log
-
-
-def stop_node(process: subprocess.Popen) -> int:
-    """Stop the node with SIGINT (Ctrl-C), kill it after 20 s; return its exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        return process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 class NodeObserver:
@@ -375,7 +348,7 @@ def run_node(args: argparse.Namespace, bundles: Sequence[Messages],
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        exit_status = stop_node(process)
+        exit_status = stop_process(process)
         log.close()
     integrated_at_ns = observer.integrated_at_ns[args.warmup:]
     skipped = observer.skipped()
@@ -407,7 +380,7 @@ def time_in_process(keyframes: Sequence[Tuple[RgbdFrame, MaskObservation]], prof
     wire_bytes = []
     for index, (frame, masks) in enumerate(keyframes):
         ticks = [time.perf_counter()]
-        messages = keyframe_messages(frame, masks)
+        messages = bundle_of(frame, masks)
         ticks.append(time.perf_counter())
         wire = {key: serialize_message(message) for key, message in messages.items()}
         ticks.append(time.perf_counter())
@@ -522,7 +495,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(keyframes) <= args.warmup:
         raise SystemExit(f'bench_node: {len(keyframes)} keyframes, need more than --warmup')
     params, profile = write_node_params(args)
-    bundles = [keyframe_messages(frame, masks) for frame, masks in keyframes]
+    bundles = [bundle_of(frame, masks) for frame, masks in keyframes]
     end_to_end = run_node(args, bundles, params)
     del bundles
     in_process = time_in_process(keyframes, profile, segmenter_overrides_from_yaml(str(params)),

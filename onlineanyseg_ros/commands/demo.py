@@ -176,13 +176,13 @@ def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        status = _stop(pipeline)
+        status = stop_process(pipeline)
     if status != 0:
         raise RuntimeError(f'the nodes did not shut down cleanly (exit status {status})')
     return map_dir
 
 
-def _stop(process: subprocess.Popen) -> int:
+def stop_process(process: subprocess.Popen) -> int:
     """Stop ``process`` with SIGINT (Ctrl-C), kill it after 20 s; return its exit status."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)

@@ -121,6 +121,27 @@ def _load_clip(config: PerceptionNodeConfig):
     return embedder, where
 
 
+def keyframe_messages(rgbd: RgbdFrame, labels: np.ndarray, features: np.ndarray,
+                      frame_id: str, world_frame: str) -> Dict[str, object]:
+    """Return the six keyframe-bundle messages of one keyframe, all with its stamp.
+
+    Keys are the ``keyframe/`` topic names: ``masks`` (mono16 labels ``(H, W)``, 0 = none),
+    ``mask_features`` (32FC1 ``(N, D)``, ``(0, 0)`` without features), ``color`` (rgb8),
+    ``depth`` (32FC1 metres), ``camera_info`` and ``pose`` (``T_world_camera`` in
+    ``world_frame``); images and camera info in ``frame_id``.
+    """
+    stamp_ns = rgbd.stamp_ns
+    height, width = rgbd.shape
+    return {
+        'masks': labels_to_image(labels, stamp_ns, frame_id),
+        'mask_features': features_to_image(features, stamp_ns, frame_id),
+        'color': array_to_image(rgbd.color, 'rgb8', stamp_ns, frame_id),
+        'depth': depth_m_to_image(rgbd.depth, stamp_ns, frame_id),
+        'camera_info': K_to_camera_info(rgbd.K, height, width, stamp_ns, frame_id),
+        'pose': matrix_to_pose_stamped(rgbd.T_world_camera, stamp_ns, world_frame),
+    }
+
+
 class PerceptionNode(Node):
     """Pair, pose and select frames; publish masks and CLIP features of the keyframes."""
 
@@ -311,16 +332,10 @@ class PerceptionNode(Node):
         with self._stages.scope('clip'):
             features = self._features(rgbd, masks)
         with self._stages.scope('publish'):
-            stamp_ns, publish = rgbd.stamp_ns, self._keyframe_publishers
-            height, width = rgbd.shape
-            publish['masks'].publish(labels_to_image(masks.labels, stamp_ns, frame_id))
-            publish['mask_features'].publish(features_to_image(features, stamp_ns, frame_id))
-            publish['color'].publish(array_to_image(rgbd.color, 'rgb8', stamp_ns, frame_id))
-            publish['depth'].publish(depth_m_to_image(rgbd.depth, stamp_ns, frame_id))
-            publish['camera_info'].publish(K_to_camera_info(rgbd.K, height, width, stamp_ns,
-                                                            frame_id))
-            publish['pose'].publish(matrix_to_pose_stamped(rgbd.T_world_camera, stamp_ns,
-                                                           self.config.world_frame))
+            bundle = keyframe_messages(rgbd, masks.labels, features, frame_id,
+                                       self.config.world_frame)
+            for key, message in bundle.items():
+                self._keyframe_publishers[key].publish(message)
         self.keyframes_published += 1
 
     def _features(self, rgbd: RgbdFrame, masks: MaskObservation) -> np.ndarray:
