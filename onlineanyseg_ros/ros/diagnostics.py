@@ -6,6 +6,7 @@ is counted in the same place the diagnostics report from.
 """
 
 from collections import Counter
+import threading
 import time
 from typing import Dict, Mapping, Optional
 
@@ -32,15 +33,19 @@ class NodeDiagnostics:
         self._warn_period_s = warn_period_s
         self._last_warned: Dict[str, float] = {}
         self.counters: Counter = Counter()
+        self._lock = threading.Lock()  # input and processing callbacks may skip concurrently
         self._publisher = node.create_publisher(DiagnosticArray, 'diagnostics', diagnostics_qos())
 
     def skip(self, kind: str, message: str) -> None:
         """Count one skipped input of ``kind`` and log ``message`` (throttled per kind)."""
-        self.counters[kind] += 1
         now = time.monotonic()
-        if now - self._last_warned.get(kind, -1e18) >= self._warn_period_s:
-            self._last_warned[kind] = now
+        with self._lock:
+            self.counters[kind] += 1
             total = self.counters[kind]
+            warn = now - self._last_warned.get(kind, -1e18) >= self._warn_period_s
+            if warn:
+                self._last_warned[kind] = now
+        if warn:
             self._node.get_logger().warning(f'{message} (skipped, {total} so far: {kind})')
 
     def publish(self, stages_ms: Mapping[str, Mapping[str, float]],

@@ -108,7 +108,7 @@ class FrameQueue:
     stream is a time jump (everything pending is discarded and a ``TimeJump`` returned), an
     equal stamp a duplicate (dropped, counted). A buffered item is unmatched (dropped,
     counted) once the other stream has moved past it by more than the tolerance. Not
-    thread-safe: call it from one mutually exclusive callback group (rclpy's default).
+    thread-safe: callers that add and pop from different callback groups hold one lock.
     """
 
     def __init__(self, config: FrameQueueConfig = FrameQueueConfig()) -> None:

@@ -14,11 +14,13 @@ Run: ``python -m onlineanyseg_ros.ros.perception_node --ros-args -p pose_source:
 from collections import deque
 import re
 import sys
+import threading
 import time
 from typing import Deque, Dict, NamedTuple, Optional
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 import torch
@@ -175,6 +177,10 @@ class PerceptionNode(Node):
         self._sync_wait_ms: Deque[float] = deque(maxlen=LATENCY_HISTORY)
         self._mirrored = dict.fromkeys(_QUEUE_SKIPS, 0)
         self._camera_frame = ''
+        # Inputs arrive in their own callback group (see _create_inputs); this lock guards
+        # what they share with the processing timer: the frame queue, the pose history, the
+        # keyframe selector and the camera frame id.
+        self._input_lock = threading.Lock()
         self.keyframes_published = 0
         self._keyframe_publishers = {part: self.create_publisher(
             PoseStamped if part == 'pose' else CameraInfo if part == 'camera_info' else Image,
@@ -192,20 +198,31 @@ class PerceptionNode(Node):
                  f'{config.keyframe_min_translation_m} m / {config.keyframe_min_rotation_deg} deg')
 
     def _create_inputs(self) -> None:
-        """Subscribe to the images, camera_info and the pose source."""
+        """Subscribe to the images, camera_info and the pose source.
+
+        The input callbacks only queue messages and run in their own callback group: under a
+        multi-threaded executor (the one-process pipeline) they keep draining the keep-last
+        DDS queues while a keyframe is segmented, instead of letting a slow keyframe
+        overwrite frames there unseen; the frame queue then bounds and counts what waits.
+        """
         qos = sensor_input_qos(self.config.input_qos, depth=self.config.queue_size)
-        self.create_subscription(Image, 'color/image', self._on_color, qos)
-        self.create_subscription(Image, 'depth/image', self._on_depth, qos)
-        self.create_subscription(CameraInfo, 'depth/camera_info', self._on_camera_info, qos)
+        group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(Image, 'color/image', self._on_color, qos,
+                                 callback_group=group)
+        self.create_subscription(Image, 'depth/image', self._on_depth, qos,
+                                 callback_group=group)
+        self.create_subscription(CameraInfo, 'depth/camera_info', self._on_camera_info, qos,
+                                 callback_group=group)
         self._pose_history: Optional[PoseHistory] = None
         if self.config.pose_source == 'topic':
             self._pose_history = PoseHistory(self._queue.config.pair_tolerance_ns,
                                              round(POSE_CACHE_S * NS_PER_S))
-            self.create_subscription(PoseStamped, 'camera_pose', self._on_pose, qos)
+            self.create_subscription(PoseStamped, 'camera_pose', self._on_pose, qos,
+                                     callback_group=group)
             self._pose_backend = 'camera_pose topic'
             return
         try:
-            self._tf = make_pose_source(self, POSE_CACHE_S)
+            self._tf = make_pose_source(self, POSE_CACHE_S, callback_group=group)
         except ImportError as error:
             raise NodeStartError(f'pose_source tf: {error}') from None
         self._pose_backend = f'TF ({self._tf.backend})'
@@ -228,20 +245,23 @@ class PerceptionNode(Node):
             self._diagnostics.skip('missing_frame_id', 'depth image without header.frame_id: '
                                    'no TF pose can be looked up for it')
             return
-        # A camera keeps one optical frame; TF lookups use the latest depth frame id.
-        self._camera_frame = msg.header.frame_id
+        with self._input_lock:
+            # A camera keeps one optical frame; TF lookups use the latest depth frame id.
+            self._camera_frame = msg.header.frame_id
         self._enqueue(self._queue.add_depth, msg)
 
     def _enqueue(self, add, msg: Image) -> None:
         """Add one image to the frame queue; handle time going backwards."""
         now_ns = time.monotonic_ns()
-        jump = add(time_to_ns(msg.header.stamp), _Received(msg, now_ns), now_ns)
+        with self._input_lock:
+            jump = add(time_to_ns(msg.header.stamp), _Received(msg, now_ns), now_ns)
+            if jump is not None:
+                self._selector.reset()
         if jump is not None:
             self._on_time_jump(jump)
 
     def _on_time_jump(self, jump: TimeJump) -> None:
-        """Restart keyframe selection after time went backwards (bag loop, clock reset)."""
-        self._selector.reset()
+        """Report a time jump (the queue and the keyframe selection restarted)."""
         self._diagnostics.skip('time_jump', f'{jump.stream} stamp went back from '
                                f'{jump.previous_stamp_ns / NS_PER_S:.3f} s to '
                                f'{jump.stamp_ns / NS_PER_S:.3f} s: {jump.discarded} pending '
@@ -254,7 +274,8 @@ class PerceptionNode(Node):
         except ValueError as error:
             self._diagnostics.skip('bad_camera_info', f'ignoring depth/camera_info: {error}')
             return
-        self._queue.set_camera_info(msg)
+        with self._input_lock:
+            self._queue.set_camera_info(msg)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         """Store a camera_pose sample; a bad one is kept as invalid so its frames drop."""
@@ -269,12 +290,14 @@ class PerceptionNode(Node):
         except ValueError:
             T_world_camera = invalid_pose()
         stamp_ns = time_to_ns(msg.header.stamp)
-        if not self._pose_history.add(stamp_ns, T_world_camera):
+        with self._input_lock:
+            added = self._pose_history.add(stamp_ns, T_world_camera)
+        if not added:
             self._diagnostics.skip('bad_pose_message', f'camera_pose at {stamp_ns / NS_PER_S:.3f}'
                                    ' s is not a finite rigid pose; frames at that time drop')
 
     def _lookup_pose(self, stamp_ns: int) -> Optional[np.ndarray]:
-        """Return T_world_camera (4x4) at ``stamp_ns``, None while unknown."""
+        """Return T_world_camera (4x4) at ``stamp_ns``, None while unknown (lock held)."""
         if self._pose_history is not None:
             return self._pose_history.lookup(stamp_ns)
         return self._tf.lookup(self.config.world_frame, self._camera_frame, stamp_ns)
@@ -282,18 +305,24 @@ class PerceptionNode(Node):
     def _on_timer(self) -> None:
         """Process every frame whose pose is known, oldest first."""
         now_ns = time.monotonic_ns()
-        frames = self._queue.pop_ready(self._lookup_pose, now_ns)
+        with self._input_lock:
+            frames = self._queue.pop_ready(self._lookup_pose, now_ns)
         self._mirror_queue_skips()
         for frame in frames:
             arrival_ns = max(frame.color.arrival_ns, frame.depth.arrival_ns)
             self._sync_wait_ms.append((now_ns - arrival_ns) / 1e6)
             rgbd = self._decode(frame)
-            if rgbd is not None and self._selector.add_frame(rgbd.T_world_camera):
+            if rgbd is None:
+                continue
+            with self._input_lock:
+                is_keyframe = self._selector.add_frame(rgbd.T_world_camera)
+            if is_keyframe:
                 self._process_keyframe(rgbd, frame.depth.msg.header.frame_id)
 
     def _mirror_queue_skips(self) -> None:
         """Report the frame queue's new drops through the diagnostics (counted, logged)."""
-        counters = self._queue.counters
+        with self._input_lock:
+            counters = self._queue.counters
         for field, (kind, message) in _QUEUE_SKIPS.items():
             total = getattr(counters, field)
             for _ in range(total - self._mirrored[field]):
@@ -358,7 +387,8 @@ class PerceptionNode(Node):
         stages = self._stages.summary()
         if self._sync_wait_ms:
             stages['sync_wait'] = _latency_summary(self._sync_wait_ms)
-        counters = self._queue.counters
+        with self._input_lock:
+            counters = self._queue.counters
         self._diagnostics.publish(stages, {
             'frames.color': counters.received_color, 'frames.depth': counters.received_depth,
             'frames.paired': counters.paired, 'frames.posed': counters.popped,

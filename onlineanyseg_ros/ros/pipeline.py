@@ -2,8 +2,9 @@
 
 The keyframe bundles then travel between the nodes through rclpy's intra-process path of one
 context (still real topics: RViz, ``ros2 topic echo`` and bag recorders see them). Each node
-runs its callbacks in its own mutually exclusive group, so 2D inference and 3D integration
-overlap. ``--ros-args --params-file F`` applies to both nodes: each reads its own section
+runs its processing in its own mutually exclusive group and its input callbacks in another,
+so 2D inference and 3D integration overlap and inputs are queued while both work.
+``--ros-args --params-file F`` applies to both nodes: each reads its own section
 (``perception_node:`` / ``segmentation_node:``).
 
 Run: ``python -m onlineanyseg_ros.ros.pipeline --ros-args --params-file F``.
@@ -13,8 +14,7 @@ import sys
 from typing import Callable, List, Optional, Sequence
 
 import rclpy
-from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
-                             SingleThreadedExecutor)
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 
@@ -30,9 +30,13 @@ class NodeStartError(RuntimeError):
 STARTUP_ERRORS = (ConfigError, NodeStartError, CropFormerUnavailable)
 
 
-def run_nodes(factories: Sequence[Callable[[], Node]], argv: Optional[List[str]] = None,
-              multi_threaded: bool = False) -> int:
+def run_nodes(factories: Sequence[Callable[[], Node]],
+              argv: Optional[List[str]] = None) -> int:
     """Init rclpy with ``argv``, build the nodes, spin until Ctrl-C / SIGTERM; return status.
+
+    The executor is multi-threaded even for one node: each node takes its inputs in a
+    callback group of their own, so they are queued (bounded, counted) while the node
+    processes, instead of waiting in keep-last DDS queues that overwrite them unseen.
 
     ``argv`` is a full command line (program name first, ROS arguments after
     ``--ros-args``); None means ``sys.argv``. Malformed ROS arguments or a start-up error
@@ -51,7 +55,9 @@ def run_nodes(factories: Sequence[Callable[[], Node]], argv: Optional[List[str]]
         except STARTUP_ERRORS as error:
             print(f'onlineanyseg: {error}', file=sys.stderr)
             return 1
-        executor = MultiThreadedExecutor() if multi_threaded else SingleThreadedExecutor()
+        # One thread per node's processing group plus one per input group, so inputs are
+        # drained even while every node is busy.
+        executor = MultiThreadedExecutor(num_threads=2 * len(nodes))
         for node in nodes:
             executor.add_node(node)
         try:
@@ -76,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the perception and segmentation nodes together; return the exit code."""
     from onlineanyseg_ros.ros.perception_node import PerceptionNode
     from onlineanyseg_ros.ros.segmentation_node import SegmentationNode
-    return run_nodes([PerceptionNode, SegmentationNode], argv, multi_threaded=True)
+    return run_nodes([PerceptionNode, SegmentationNode], argv)
 
 
 if __name__ == '__main__':

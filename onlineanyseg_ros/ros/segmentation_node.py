@@ -1,8 +1,11 @@
 """The segmentation node: keyframe bundles in, a growing 3D instance map out.
 
-Subscription callbacks only hand the six keyframe parts to an ``ExactStampJoiner``; a timer
-decodes one complete bundle per tick and integrates it into the ``OnlineSegmenter`` (which
-merges on the method's schedule); a second timer publishes ``instances/cloud`` and
+Subscription callbacks only hand the six keyframe parts to an ``ExactStampJoiner``; they run
+in their own callback group, so under a multi-threaded executor (the one-process pipeline)
+parts keep flowing into the joiner while a bundle is integrated, instead of waiting in the
+keep-last DDS queues, where a long integration would overwrite them unseen. A timer decodes
+one complete bundle per tick and integrates it into the ``OnlineSegmenter`` (which merges on
+the method's schedule); a second timer publishes ``instances/cloud`` and
 ``instances/markers`` when the map changed and someone listens, plus ``diagnostics``. Bad
 input is skipped, counted and logged once per kind; the map is never touched by it.
 
@@ -15,10 +18,12 @@ import functools
 import os
 import pathlib
 import sys
+import threading
 import time
 from typing import Deque, Dict, List, Optional
 
 from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
@@ -177,6 +182,9 @@ class SegmentationNode(Node):
             timeout_ns=int(self.config.bundle_timeout_s * 1e9))
         self._joiner_drops = {'dropped_full': 0, 'expired': 0, 'duplicates': 0}
         self._ready: Deque[JoinedBundle] = deque()
+        # Guards the joiner and the ready queue: parts arrive in their own callback group.
+        self._bundle_lock = threading.Lock()
+        parts_group = MutuallyExclusiveCallbackGroup()
         self._last_stamp_ns: Optional[int] = None
         self.world_frame = ''
         self.map_stamp_ns = 0
@@ -185,7 +193,8 @@ class SegmentationNode(Node):
         self._exported_version = -1
         for key, (msg_type, topic) in KEYFRAME_TOPICS.items():
             self.create_subscription(msg_type, topic, functools.partial(self._on_part, key),
-                                     keyframe_qos(self.config.bundle_queue_size))
+                                     keyframe_qos(self.config.bundle_queue_size),
+                                     callback_group=parts_group)
         self.map_outputs = MapPublisher(self)
         self.create_service(Trigger, 'save_map', self._on_save_map)
         self.create_service(Trigger, 'reset', self._on_reset)
@@ -202,28 +211,34 @@ class SegmentationNode(Node):
 
     def _on_part(self, key: str, msg) -> None:
         """Enqueue one keyframe part; a completed bundle joins the bounded ready queue."""
-        bundle = self._joiner.add(key, time_to_ns(msg.header.stamp), msg, time.monotonic_ns())
-        if bundle is None:
-            return
-        if len(self._ready) >= self.config.bundle_queue_size:
-            dropped = self._ready.popleft()
+        with self._bundle_lock:
+            bundle = self._joiner.add(key, time_to_ns(msg.header.stamp), msg,
+                                      time.monotonic_ns())
+            if bundle is None:
+                return
+            dropped = None
+            if len(self._ready) >= self.config.bundle_queue_size:
+                dropped = self._ready.popleft()
+            self._ready.append(bundle)
+        if dropped is not None:
             self.diagnostics.skip('ready_queue_full', f'keyframe at {dropped.stamp_ns * 1e-9:.3f}'
                                   ' s dropped: the map is falling behind the keyframes')
-        self._ready.append(bundle)
 
     def _on_process(self) -> None:
         """Report joiner drops, integrate one ready bundle, answer a pending query."""
-        self._joiner.expire(time.monotonic_ns())
-        self._report_joiner_drops()
-        if self._ready:
-            self._integrate(self._ready.popleft())
+        with self._bundle_lock:
+            self._joiner.expire(time.monotonic_ns())
+            counters = self._joiner.counters
+            bundle = self._ready.popleft() if self._ready else None
+        self._report_joiner_drops(counters)
+        if bundle is not None:
+            self._integrate(bundle)
         if self.query.pending:
             with self.timer.scope('query'):
                 self.query.answer(self.exported_map(), self.map_stamp_ns, self.world_frame)
 
-    def _report_joiner_drops(self) -> None:
+    def _report_joiner_drops(self, counters) -> None:
         """Count and log the joiner's new drops as skips (one per dropped bundle or part)."""
-        counters = self._joiner.counters
         messages = {
             'dropped_full': 'incomplete keyframe bundle dropped: more than '
                             f'{self.config.bundle_queue_size} waiting for their parts',

@@ -197,8 +197,11 @@ class TfListener:
     """
 
     def __init__(self, node, buffer: TfBuffer, tf_topic: str = '/tf',
-                 tf_static_topic: str = '/tf_static') -> None:
-        """Subscribe ``node`` to both topics; raises ImportError when tf2_msgs is missing."""
+                 tf_static_topic: str = '/tf_static', callback_group=None) -> None:
+        """Subscribe ``node`` to both topics; raises ImportError when tf2_msgs is missing.
+
+        ``callback_group``: of both subscriptions (None: the node's default group).
+        """
         try:
             from tf2_msgs.msg import TFMessage
         except ImportError as error:
@@ -210,9 +213,10 @@ class TfListener:
         self._node = node
         self._subscriptions = [
             node.create_subscription(TFMessage, tf_topic, partial(self._on_tf, static=False),
-                                     tf_qos()),
+                                     tf_qos(), callback_group=callback_group),
             node.create_subscription(TFMessage, tf_static_topic,
-                                     partial(self._on_tf, static=True), tf_static_qos()),
+                                     partial(self._on_tf, static=True), tf_static_qos(),
+                                     callback_group=callback_group),
         ]
 
     def _on_tf(self, msg, static: bool) -> None:
@@ -254,10 +258,10 @@ class TfBufferPoseSource:
 
     backend = 'onlineanyseg TfBuffer'
 
-    def __init__(self, node, cache_time_s: float = 10.0) -> None:
-        """Listen to /tf and /tf_static on ``node``."""
+    def __init__(self, node, cache_time_s: float = 10.0, callback_group=None) -> None:
+        """Listen to /tf and /tf_static on ``node`` (in ``callback_group``)."""
         self.buffer = TfBuffer(cache_time_s)
-        self.listener = TfListener(node, self.buffer)
+        self.listener = TfListener(node, self.buffer, callback_group=callback_group)
 
     def lookup(self, target_frame: str, source_frame: str,
                stamp_ns: int) -> Optional[np.ndarray]:
@@ -275,7 +279,10 @@ class Tf2RosPoseSource:
     backend = 'tf2_ros'
 
     def __init__(self, node, cache_time_s: float = 10.0) -> None:
-        """Listen to /tf and /tf_static on ``node`` through tf2_ros."""
+        """Listen to /tf and /tf_static on ``node`` through tf2_ros.
+
+        tf2_ros's listener subscribes in a reentrant callback group of its own.
+        """
         from rclpy.duration import Duration
         import tf2_ros
         self._tf2_ros = tf2_ros
@@ -301,10 +308,12 @@ class Tf2RosPoseSource:
 
 
 def make_pose_source(node, cache_time_s: float = 10.0,
-                     use_tf2_ros: Optional[bool] = None) -> PoseSource:
+                     use_tf2_ros: Optional[bool] = None,
+                     callback_group=None) -> PoseSource:
     """Return a TF pose source on ``node``: tf2_ros when importable, else our TfBuffer.
 
     ``use_tf2_ros`` forces the choice (True fails with ImportError where tf2_ros is missing).
+    ``callback_group`` takes our TfBuffer's subscriptions (tf2_ros uses its own group).
     """
     if use_tf2_ros is None:
         try:
@@ -314,4 +323,4 @@ def make_pose_source(node, cache_time_s: float = 10.0,
             use_tf2_ros = False
     if use_tf2_ros:
         return Tf2RosPoseSource(node, cache_time_s)
-    return TfBufferPoseSource(node, cache_time_s)
+    return TfBufferPoseSource(node, cache_time_s, callback_group)

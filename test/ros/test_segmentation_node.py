@@ -415,3 +415,51 @@ def test_query_with_a_text_encoder_publishes_the_best_instances(scene_stream, mo
     assert set(ids.tolist()) == {box.id for box in boxes}
     assert np.sum(ids == target_id) == np.sum(exported.instance_ids == target + 1)
     assert node.query.last_result.rows[0] == target
+
+
+def test_parts_keep_arriving_during_a_slow_integration_so_no_bundle_is_lost_unseen(
+        scene_stream, make_segmentation_node, make_node, spin_until, monkeypatch,
+        rclpy_context):
+    # Under a multi-threaded executor (the one-process pipeline) the parts must be taken
+    # while a long integration runs: left in their keep-last DDS queues (depth
+    # bundle_queue_size) they would be overwritten without a trace. Every bundle is then
+    # either integrated or counted as a skip of the bounded ready queue.
+    import threading
+    import time
+    from rclpy.executors import MultiThreadedExecutor
+    frames, masks, _, _ = scene_stream
+    node = make_segmentation_node(bundle_queue_size=2)
+    probe = Probe(make_node)
+    assert spin_until([node, probe.node], probe.matched, STEP_TIMEOUT_S)
+    integrate_frame = node.segmenter.integrate
+
+    def slow_integrate(*args, **kwargs):
+        time.sleep(0.3)
+        return integrate_frame(*args, **kwargs)
+
+    monkeypatch.setattr(node.segmenter, 'integrate', slow_integrate)
+
+    def accounted():
+        return node.segmenter.frames_integrated + sum(node.diagnostics.counters.values())
+
+    executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    sent = 8
+    try:
+        for index in range(sent):
+            probe.publish(bundle_messages(frames[index], masks[index]))
+            time.sleep(0.05)
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while accounted() < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # nothing more may arrive
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10.0)
+    counters = dict(node.diagnostics.counters)
+    assert accounted() == sent, counters
+    assert node.segmenter.frames_integrated >= 2
+    assert set(counters) <= {'ready_queue_full'}
