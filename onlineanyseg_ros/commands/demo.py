@@ -101,35 +101,74 @@ def _start_pipeline(params: pathlib.Path) -> subprocess.Popen:
     return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
-def _wait_for_map(node, executor, keyframes: int, timeout_s: float,
-                  idle_s: float = 15.0) -> dict:
-    """Spin until the segmentation node integrated ``keyframes`` bundles, or went idle.
+class NodeStatus:
+    """The latest diagnostics values of the perception and segmentation nodes.
 
-    Idle: nothing queued and no new keyframe for ``idle_s`` (the perception node may have
-    skipped a frame, e.g. one whose pose arrived too late).
+    ``values['perception']`` and ``values['segmentation']`` hold ``{key: value}`` strings as
+    published on /diagnostics; a node is ``up`` once its first status arrived, i.e. once its
+    executor spins.
     """
-    from diagnostic_msgs.msg import DiagnosticArray
-    from onlineanyseg_ros.ros.qos import diagnostics_qos
-    latest = {}
 
-    def on_diagnostics(message: DiagnosticArray) -> None:
+    NODES = ('perception', 'segmentation')
+
+    def __init__(self, node) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from onlineanyseg_ros.ros.qos import diagnostics_qos
+        self.values = {name: {} for name in self.NODES}
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                 diagnostics_qos())
+
+    def _on_diagnostics(self, message) -> None:
         for status in message.status:
-            if 'segmentation' in status.name:
-                latest.update({pair.key: pair.value for pair in status.values})
+            for name in self.NODES:
+                if name in status.name:
+                    self.values[name].update({pair.key: pair.value for pair in status.values})
 
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics,
-                             diagnostics_qos())
+    def up(self) -> bool:
+        """Whether both nodes have published diagnostics."""
+        return all(self.values.values())
+
+    def count(self, node_name: str, key: str) -> int:
+        """Return the integer value ``key`` of one node (0 before it was published)."""
+        return int(self.values[node_name].get(key, 0))
+
+
+def _wait_until_up(status: NodeStatus, executor, pipeline: subprocess.Popen,
+                   timeout_s: float = 120.0) -> None:
+    """Spin until both nodes publish diagnostics, i.e. both executors spin.
+
+    Playing earlier would feed a node that exists but does not spin yet (the other node is
+    still loading): its keep-last input queues would overflow and frames be lost unseen.
+    """
     deadline = time.monotonic() + timeout_s
-    last_count, last_change = -1, time.monotonic()
+    while not status.up():
+        if pipeline.poll() is not None:
+            raise RuntimeError(f'the nodes exited with status {pipeline.returncode}')
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'the nodes published no diagnostics within {timeout_s:.0f} s')
+        executor.spin_once(timeout_sec=0.2)
+
+
+def _wait_for_map(status: NodeStatus, executor, keyframes: int, timeout_s: float,
+                  idle_s: float = 15.0) -> None:
+    """Spin until the segmentation node integrated ``keyframes``, or both nodes went idle.
+
+    Idle: no bundle waiting and neither the perception node's keyframe count nor the
+    segmentation node's integrated count changed for ``idle_s`` (the perception node may
+    have skipped a frame, e.g. one whose pose arrived too late).
+    """
+    deadline = time.monotonic() + timeout_s
+    last_counts, last_change = None, time.monotonic()
     while time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.2)
-        count = int(latest.get('mask_insertions', 0))
-        if count != last_count:
-            last_count, last_change = count, time.monotonic()
-        drained = int(latest.get('bundles_ready', 1)) == 0
-        if drained and (count >= keyframes or time.monotonic() - last_change > idle_s):
-            break
-    return latest
+        integrated = status.count('segmentation', 'frames_integrated')
+        counts = (integrated, status.count('perception', 'keyframes'))
+        if counts != last_counts:
+            last_counts, last_change = counts, time.monotonic()
+        drained = (status.count('segmentation', 'bundles_ready') == 0
+                   and status.count('segmentation', 'bundles_incomplete') == 0)
+        if drained and (integrated >= keyframes or time.monotonic() - last_change > idle_s):
+            return
 
 
 def _save_map(node, executor) -> str:
@@ -158,6 +197,8 @@ def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
+        status = NodeStatus(node)
+        _wait_until_up(status, executor, pipeline)
         player = BagPlayer(node, bag_dir, rate=rate, wait_for_subscribers=4,
                            wait_timeout_s=60.0)
         player.start()
@@ -168,10 +209,18 @@ def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
                 raise RuntimeError(f'the nodes exited with status {pipeline.returncode}')
         print(f'[demo] played {sum(player.published.values())} messages in '
               f'{time.monotonic() - started:.1f} s')
-        diagnostics = _wait_for_map(node, executor, keyframes, timeout_s)
-        print(f'[demo] segmentation node: {diagnostics.get("mask_insertions")} keyframes, '
-              f'{diagnostics.get("merge_rounds")} merge rounds, '
-              f'{diagnostics.get("merged_masks")} merged masks')
+        _wait_for_map(status, executor, keyframes, timeout_s)
+        perception, segmentation = status.values['perception'], status.values['segmentation']
+        print(f'[demo] perception node: {perception.get("frames.valid")} frames, '
+              f'{perception.get("keyframes")} keyframes')
+        print(f'[demo] segmentation node: {segmentation.get("frames_integrated")} keyframes, '
+              f'{segmentation.get("merge_rounds")} merge rounds, '
+              f'{segmentation.get("merged_masks")} merged masks')
+        skips = {key: value for key, value in {**perception, **segmentation}.items()
+                 if key.startswith('skipped.')}
+        if skips or status.count('segmentation', 'frames_integrated') < status.count(
+                'perception', 'keyframes'):
+            print(f'[demo] warning: not every keyframe reached the map; skips: {skips}')
         map_dir = _save_map(node, executor)
     finally:
         node.destroy_node()
