@@ -113,7 +113,9 @@ class OnlineSegmenter:
     def _insert(self, lifted, masks: MaskObservation) -> int:
         """Insert the accepted masks of one frame into the graph; return how many."""
         observed_slots = self._hash.insert(lifted.observed_keys)
-        mask_slots = self._hash.insert(lifted.mask_keys)
+        # Every mask key is an observed key (boundary removal only drops keys), and the
+        # observed keys are sorted: no second hash insert needed.
+        mask_slots = observed_slots[torch.searchsorted(lifted.observed_keys, lifted.mask_keys)]
         rows = (lifted.labels - 1).cpu().numpy()
         features = None
         if masks.features is not None:

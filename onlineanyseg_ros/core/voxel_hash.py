@@ -6,7 +6,7 @@ A voxel is addressed by the integer lattice coordinate of its lower corner,
 not depend on any hash-map internals, so it never changes when a table rehashes.
 """
 
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -19,7 +19,14 @@ EMPTY_KEY = -1
 _AXIS_MULTIPLIERS = (73856093, 19349663, 83492791)
 _MIX_MULTIPLIER = 0x5BD1E995
 _LOW31 = (1 << 31) - 1
-_PROBE_WINDOW = 16
+_NO_KEY = (1 << 63) - 1  # sorts after every packed key
+# Buckets scanned per key and placement round; insertion rounds between two host checks.
+_INSERT_WINDOW = 16
+_ROUNDS_PER_CHECK = 4
+# A key farther than this from its home bucket makes the table grow (lookups scan this far).
+_MAX_DISPLACEMENT = 64
+# Keys x window entries per lookup chunk (bounds the temporary memory to ~70 MB).
+_LOOKUP_ENTRIES = 1 << 22
 
 
 def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
@@ -74,18 +81,29 @@ class VoxelHash:
 
     Slots are handed out in first-occurrence order and never change, so other structures
     can index per-slot arrays by them. The table is a vectorised open-addressing hash with
-    linear probing (load factor <= ``max_load``); every probe round is one batch of tensor
-    ops over the keys still searching, so a call costs ``O(batch log batch)`` plus
-    ``O(batch)`` per probe round, independent of the table size. It doubles (and rehashes
-    the same slots) when full. Keys must be non-negative (``pack_keys`` output).
+    linear probing (load factor <= ``max_load``) and bounded displacement: every key sits
+    within ``window`` buckets of its home bucket, so a lookup is one gather of that window
+    per key, with no data-dependent loop and no host sync. Insertion places all new keys
+    at once in rounds (each key claims the first empty bucket of its window; racing claims
+    are resolved by reading back which key landed) and checks for stragglers once every
+    few rounds. The table doubles (and rehashes the same slots) when the load or the
+    displacement bound would be exceeded. Keys must be non-negative (``pack_keys`` output).
 
-    Per-call host syncs: the probe loops test for remaining work once per round, and
-    ``insert`` reads the number of new keys (both unavoidable with data-dependent sizes).
+    Host syncs per ``insert``: the number of runs of equal keys, the number of new keys, and
+    one check per ``_ROUNDS_PER_CHECK`` placement rounds (usually one); none per ``lookup``.
+    That is the ``sync_free`` mode (the CUDA default); otherwise (the CPU default, where a
+    sync costs nothing) finished work is compacted away: lookups skip the window scan for
+    keys settled by their home bucket, and insertion checks after every round.
     """
 
     def __init__(self, device: Union[str, torch.device] = 'cpu',
-                 initial_capacity: int = 1 << 16, max_load: float = 0.5) -> None:
-        """Create an empty hash that holds ``initial_capacity`` keys before its first growth."""
+                 initial_capacity: int = 1 << 16, max_load: float = 0.5,
+                 sync_free: Optional[bool] = None) -> None:
+        """Create an empty hash that holds ``initial_capacity`` keys before its first growth.
+
+        ``sync_free`` (default: on CUDA) masks finished work instead of compacting it, which
+        avoids host syncs but does more arithmetic; on the CPU compaction costs nothing.
+        """
         if initial_capacity < 1:
             raise ValueError(f'initial_capacity must be >= 1, got {initial_capacity}')
         if not 0.0 < max_load <= 0.9:
@@ -93,17 +111,27 @@ class VoxelHash:
         self.device = torch.device(device)
         self.max_load = max_load
         self._initial_capacity = int(initial_capacity)
+        self.sync_free = self.device.type == 'cuda' if sync_free is None else bool(sync_free)
+        self._rounds_per_check = _ROUNDS_PER_CHECK if self.sync_free else 1
         self.reset()
 
     def reset(self) -> None:
         """Forget every key (slots restart at 0)."""
-        table_size = _next_power_of_two(self._initial_capacity / self.max_load)
-        self._table_keys = torch.full((table_size,), EMPTY_KEY, dtype=torch.int64,
-                                      device=self.device)
-        self._table_slots = torch.full_like(self._table_keys, -1)
         self._slot_keys = torch.empty(self._initial_capacity, dtype=torch.int64,
                                       device=self.device)
         self._num_slots = 0
+        self._new_table(_next_power_of_two(self._initial_capacity / self.max_load))
+
+    def _new_table(self, table_size: int) -> None:
+        """Allocate ``table_size`` empty buckets plus one scratch bucket at the end.
+
+        Keys that have nothing to write in a placement round write to the scratch bucket,
+        which no probe window ever reaches, instead of being filtered out (a host sync).
+        """
+        self._table_keys = torch.full((table_size + 1,), EMPTY_KEY, dtype=torch.int64,
+                                      device=self.device)
+        self._table_slots = torch.full_like(self._table_keys, -1)
+        self._window = 1
 
     @property
     def num_slots(self) -> int:
@@ -118,7 +146,12 @@ class VoxelHash:
     @property
     def table_size(self) -> int:
         """Number of buckets of the open-addressing table (a power of two)."""
-        return self._table_keys.numel()
+        return self._table_keys.numel() - 1
+
+    @property
+    def window(self) -> int:
+        """Buckets a lookup scans from a key's home bucket (largest displacement + 1)."""
+        return self._window
 
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Return the int64 slots of int64 ``keys`` (any shape), -1 where absent."""
@@ -133,25 +166,31 @@ class VoxelHash:
         flat = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
         if flat.numel() == 0:
             return torch.empty(keys.shape, dtype=torch.int64, device=self.device)
-        if bool((flat < 0).any()):
-            raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
-        # Runs of equal keys (neighbouring pixels, sorted key lists) collapse in O(n); a full
-        # sort is only paid for the keys that are absent, usually a small share.
+        # Runs of equal keys (neighbouring pixels, sorted key lists) collapse in O(n) before
+        # the lookup and the sort of the absent keys.
         run_keys, run_of_key = torch.unique_consecutive(flat, return_inverse=True)
         slots = self._probe_lookup(run_keys)
-        absent = torch.nonzero(slots < 0).squeeze(1)
-        if absent.numel() > 0:
-            new_keys, inverse = torch.unique(run_keys[absent], return_inverse=True)
-            num_new = new_keys.numel()
-            first_seen = torch.full_like(new_keys, absent.numel()).scatter_reduce_(
-                0, inverse, torch.arange(absent.numel(), device=self.device), reduce='amin')
-            order = torch.argsort(first_seen)
-            rank = torch.empty_like(order)
-            rank[order] = torch.arange(num_new, device=self.device)
-            new_slots = torch.arange(self._num_slots, self._num_slots + num_new,
-                                     device=self.device)
-            slots[absent] = new_slots[rank[inverse]]
-            self._append(new_keys[order], new_slots)
+        # Distinct absent keys: one stable sort, runs of equal keys start a new key each.
+        sorted_keys, order = torch.sort(torch.where(slots < 0, run_keys, _NO_KEY), stable=True)
+        starts = sorted_keys != _NO_KEY
+        starts[1:] &= sorted_keys[1:] != sorted_keys[:-1]
+        num_new, has_negative = torch.stack(
+            (starts.sum(), (run_keys < 0).any().to(torch.int64))).tolist()
+        if has_negative:
+            raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
+        if num_new > 0:
+            new_of_sorted = torch.cumsum(starts, 0) - 1
+            # The stable sort puts each new key's first occurrence at the start of its run.
+            first_seen = torch.zeros(num_new + 1, dtype=torch.int64, device=self.device)
+            first_seen.scatter_(0, torch.where(starts, new_of_sorted, num_new), order)
+            first_seen = first_seen[:num_new]
+            by_first_seen = torch.argsort(first_seen)
+            rank = torch.empty_like(by_first_seen)
+            rank[by_first_seen] = torch.arange(num_new, device=self.device)
+            is_new = sorted_keys != _NO_KEY
+            slots[order] = torch.where(is_new, self._num_slots + rank[new_of_sorted.clamp(min=0)],
+                                       slots[order])
+            self._append(run_keys[first_seen[by_first_seen]])
         return slots[run_of_key].reshape(keys.shape)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -166,80 +205,107 @@ class VoxelHash:
         self.reset()
         self.insert(keys)
 
-    def _append(self, new_keys: torch.Tensor, new_slots: torch.Tensor) -> None:
-        """Store keys that are absent from the table under the given consecutive slots."""
-        needed = self._num_slots + new_keys.numel()
+    def _append(self, new_keys: torch.Tensor) -> None:
+        """Give distinct, absent ``new_keys`` the next slots, in order, and place them."""
+        first_slot = self._num_slots
+        needed = first_slot + new_keys.numel()
         if needed > self._slot_keys.numel():
             grown = torch.empty(_next_power_of_two(needed), dtype=torch.int64,
                                 device=self.device)
-            grown[:self._num_slots] = self.keys
+            grown[:first_slot] = self.keys
             self._slot_keys = grown
-        self._slot_keys[self._num_slots:needed] = new_keys
+        self._slot_keys[first_slot:needed] = new_keys
         self._num_slots = needed
         if needed > self.max_load * self.table_size:
             self._rehash(_next_power_of_two(needed / self.max_load))
-        else:
-            self._probe_insert(new_keys, new_slots)
+        elif not self._place(new_keys, torch.arange(first_slot, needed, device=self.device)):
+            self._rehash(2 * self.table_size)
 
     def _rehash(self, table_size: int) -> None:
-        """Rebuild the table with ``table_size`` buckets; every key keeps its slot."""
-        self._table_keys = torch.full((table_size,), EMPTY_KEY, dtype=torch.int64,
-                                      device=self.device)
-        self._table_slots = torch.full_like(self._table_keys, -1)
-        self._probe_insert(self.keys, torch.arange(self._num_slots, device=self.device))
+        """Rebuild the table with at least ``table_size`` buckets; every key keeps its slot.
+
+        The size doubles again while some key would sit farther than ``_MAX_DISPLACEMENT``.
+        """
+        slots = torch.arange(self._num_slots, device=self.device)
+        self._new_table(table_size)
+        while not self._place(self.keys, slots):
+            self._new_table(2 * self.table_size)
 
     def _probe_lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """Linear-probe all ``keys`` at once.
+        """Return the slots of int64 ``(n,)`` keys, -1 where absent.
 
-        The first round reads each key's home bucket only (most keys end there); later
-        rounds read a window of ``_PROBE_WINDOW`` buckets per remaining key, so even long
-        probe runs take few rounds.
+        On CUDA every key scans its whole window (no host sync). On the CPU, where a sync
+        costs nothing, keys found in (or absent by) their home bucket skip the window scan.
         """
-        mask = self.table_size - 1
-        positions = _hash(keys, mask)
-        # Home buckets first, without windows: most keys end here.
-        stored = self._table_keys[positions]
-        slots = torch.where(stored == keys, self._table_slots[positions], -1)
+        if self.sync_free:
+            return self._window_lookup(keys)
+        home = _hash(keys, self.table_size - 1)
+        stored = self._table_keys[home]
+        slots = torch.where(stored == keys, self._table_slots[home], -1)
         searching = torch.nonzero((stored != keys) & (stored != EMPTY_KEY)).squeeze(1)
-        keys = keys[searching]
-        positions = (positions[searching] + 1) & mask
-        width = _PROBE_WINDOW
-        while searching.numel() > 0:
-            window = (positions[:, None] + torch.arange(width, device=self.device)) & mask
-            stored = self._table_keys[window]
-            no_hit = torch.full_like(positions, width)
-            match = stored == keys[:, None]
-            first_match = torch.where(match.any(1), match.to(torch.uint8).argmax(1), no_hit)
-            empty = stored == EMPTY_KEY
-            first_empty = torch.where(empty.any(1), empty.to(torch.uint8).argmax(1), no_hit)
-            # Linear probing never stores a key past an empty bucket of its run.
-            found = first_match < first_empty
-            bucket = window.gather(1, first_match.clamp(max=width - 1)[:, None]).squeeze(1)
-            slots[searching[found]] = self._table_slots[bucket[found]]
-            going_on = torch.nonzero(~found & (first_empty == width)).squeeze(1)
-            searching = searching[going_on]
-            keys = keys[going_on]
-            positions = (positions[going_on] + width) & mask
+        if searching.numel() > 0:
+            slots[searching] = self._window_lookup(keys[searching])
         return slots
 
-    def _probe_insert(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
-        """Place distinct, absent ``keys`` with their ``slots`` by linear probing.
-
-        Keys that probe the same free bucket in one round are resolved deterministically:
-        the one earliest in ``keys`` wins, the others move on to the next bucket.
-        """
+    def _window_lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """Slots of int64 ``(n,)`` keys found within ``window`` buckets of home, else -1."""
         mask = self.table_size - 1
-        positions = _hash(keys, mask)
-        while keys.numel() > 0:
-            free = torch.nonzero(self._table_keys[positions] == EMPTY_KEY).squeeze(1)
-            sorted_positions, order = torch.sort(positions[free], stable=True)
-            first_claim = torch.ones_like(sorted_positions, dtype=torch.bool)
-            first_claim[1:] = sorted_positions[1:] != sorted_positions[:-1]
-            winners = free[order[first_claim]]
-            self._table_keys[positions[winners]] = keys[winners]
-            self._table_slots[positions[winners]] = slots[winners]
-            waiting = torch.ones_like(keys, dtype=torch.bool)
-            waiting[winners] = False
-            waiting = torch.nonzero(waiting).squeeze(1)
-            keys, slots = keys[waiting], slots[waiting]
-            positions = (positions[waiting] + 1) & mask
+        offsets = torch.arange(self._window, device=self.device)
+        slots = torch.empty_like(keys)
+        chunk = max(_LOOKUP_ENTRIES // self._window, 1)
+        for start in range(0, keys.numel(), chunk):
+            part = keys[start:start + chunk]
+            window = (_hash(part, mask)[:, None] + offsets) & mask
+            match = self._table_keys[window] == part[:, None]
+            bucket = window.gather(1, match.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)
+            slots[start:start + chunk] = torch.where(match.any(1), self._table_slots[bucket], -1)
+        return slots
+
+    def _place(self, keys: torch.Tensor, slots: torch.Tensor) -> bool:
+        """Store distinct, absent ``keys`` with their ``slots``; False when too crowded.
+
+        Too crowded: a key found no empty bucket within ``_MAX_DISPLACEMENT`` of its home
+        bucket; the caller then rebuilds a larger table.
+
+        Each round, every unplaced key claims the first empty bucket of its current window
+        (``_INSERT_WINDOW`` buckets from its home bucket + a start that moves on past full
+        windows); of several keys claiming one bucket, the one whose write landed keeps it
+        and the others try again. Buckets are only ever filled, so each key still sits at
+        the first empty bucket from its home at the time it was placed: linear probing's
+        invariant, which lets ``_probe_lookup`` scan a fixed window.
+        """
+        if keys.numel() == 0:
+            return True
+        mask, scratch = self.table_size - 1, self.table_size
+        home = _hash(keys, mask)
+        window_offsets = torch.arange(_INSERT_WINDOW, device=self.device)
+        start = torch.zeros_like(keys)
+        bucket = home.clone()
+        placed = torch.zeros_like(keys, dtype=torch.bool)
+        farthest = 0
+        while True:
+            for _ in range(self._rounds_per_check):
+                window = (home + start)[:, None] + window_offsets & mask
+                empty = self._table_keys[window] == EMPTY_KEY
+                has_empty = empty.any(1)
+                claims = ~placed & has_empty
+                target = torch.where(claims, window.gather(
+                    1, empty.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1), scratch)
+                self._table_keys[target] = keys
+                won = claims & (self._table_keys[target] == keys)
+                self._table_slots[torch.where(won, target, scratch)] = slots
+                bucket = torch.where(won, target, bucket)
+                placed |= won
+                start = torch.where(placed | has_empty, start, start + _INSERT_WINDOW)
+            waiting, round_farthest = torch.stack(
+                ((~placed).sum(), torch.maximum(start, (bucket - home) & mask).max())).tolist()
+            farthest = max(farthest, round_farthest)
+            if farthest >= _MAX_DISPLACEMENT:
+                return False
+            if waiting == 0:
+                self._window = max(self._window, farthest + 1)
+                return True
+            # Only the keys still waiting go on (their number is known now).
+            keep = torch.nonzero(~placed).squeeze(1)
+            keys, slots, home, start = keys[keep], slots[keep], home[keep], start[keep]
+            bucket, placed = home.clone(), placed[keep]

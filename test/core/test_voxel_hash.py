@@ -1,10 +1,16 @@
 import pytest
 import torch
 
+from onlineanyseg_ros.core import voxel_hash as voxel_hash_module
 from onlineanyseg_ros.core.voxel_hash import (COORD_OFFSET, pack_keys, unpack_keys, voxel_keys,
                                               VoxelHash)
 
+# Every hash test runs both ways of probing: compacting (the CPU default) and sync-free
+# (the CUDA default), on each available device.
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+MODES = [pytest.param((device, sync_free),
+                      id=f'{device}-{"sync_free" if sync_free else "compact"}')
+         for device in DEVICES for sync_free in (False, True)]
 
 
 def _reference_insert(table, keys):
@@ -38,10 +44,11 @@ def test_voxel_keys_floor_negative_coordinates():
                        torch.tensor([[0, 0, -1], [-1, 1, 2]]))
 
 
-@pytest.mark.parametrize('device', DEVICES)
-def test_insert_and_lookup_match_dict_reference_through_growth(device):
+@pytest.mark.parametrize('mode', MODES)
+def test_insert_and_lookup_match_dict_reference_through_growth(mode):
+    device, sync_free = mode
     generator = torch.Generator().manual_seed(1)
-    voxel_hash = VoxelHash(device, initial_capacity=4)
+    voxel_hash = VoxelHash(device, initial_capacity=4, sync_free=sync_free)
     reference = {}
     for _ in range(12):
         # Narrow coordinate range: many duplicates within and across batches.
@@ -59,9 +66,10 @@ def test_insert_and_lookup_match_dict_reference_through_growth(device):
     assert voxel_hash.lookup(probe.to(device)).tolist() == expected
 
 
-@pytest.mark.parametrize('device', DEVICES)
-def test_slots_stay_stable_after_rehash(device):
-    voxel_hash = VoxelHash(device, initial_capacity=1)
+@pytest.mark.parametrize('mode', MODES)
+def test_slots_stay_stable_after_rehash(mode):
+    device, sync_free = mode
+    voxel_hash = VoxelHash(device, initial_capacity=1, sync_free=sync_free)
     first = pack_keys(torch.tensor([[5, -3, 2], [0, 0, 0], [9, 9, 9]]))
     assert voxel_hash.insert(first.to(device)).tolist() == [0, 1, 2]
     size_before = voxel_hash.table_size
@@ -74,9 +82,10 @@ def test_slots_stay_stable_after_rehash(device):
     assert voxel_hash.num_slots == 3 + many.numel()
 
 
-@pytest.mark.parametrize('device', DEVICES)
-def test_shapes_empty_inputs_and_invalid_keys(device):
-    voxel_hash = VoxelHash(device)
+@pytest.mark.parametrize('mode', MODES)
+def test_shapes_empty_inputs_and_invalid_keys(mode):
+    device, sync_free = mode
+    voxel_hash = VoxelHash(device, sync_free=sync_free)
     assert voxel_hash.insert(torch.empty(0, dtype=torch.int64)).numel() == 0
     assert voxel_hash.lookup(torch.empty(0, dtype=torch.int64)).numel() == 0
     keys = pack_keys(torch.arange(12).reshape(4, 3)).reshape(2, 2)
@@ -86,6 +95,8 @@ def test_shapes_empty_inputs_and_invalid_keys(device):
         voxel_hash.insert(torch.tensor([-1]))
     with pytest.raises(ValueError, match='initial_capacity'):
         VoxelHash(device, initial_capacity=0)
+    # Sync-free by default exactly on CUDA.
+    assert VoxelHash(device).sync_free == (torch.device(device).type == 'cuda')
 
 
 def test_state_dict_round_trip_and_reset():
@@ -103,3 +114,54 @@ def test_state_dict_round_trip_and_reset():
     assert voxel_hash.num_slots == 0
     assert bool((voxel_hash.lookup(keys) == -1).all())
     assert voxel_hash.insert(keys[:1]).tolist() == [0]
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_crowded_table_keeps_displacement_bounded_and_answers_like_a_dict(mode):
+    device, sync_free = mode
+    # Load 0.9 makes long probe runs likely: the table must grow instead of letting a key
+    # drift past the lookup window, and lookups still find every key.
+    generator = torch.Generator().manual_seed(3)
+    voxel_hash = VoxelHash(device, initial_capacity=64, max_load=0.9,
+                           sync_free=sync_free)
+    reference = {}
+    for _ in range(20):
+        keys = pack_keys(torch.randint(-60, 60, (4000, 3), generator=generator))
+        slots = voxel_hash.insert(keys.to(device))
+        assert slots.tolist() == _reference_insert(reference, keys)
+        assert 1 <= voxel_hash.window <= 64
+    everything = torch.tensor(list(reference), dtype=torch.int64)
+    assert voxel_hash.lookup(everything.to(device)).tolist() == list(range(len(reference)))
+    assert voxel_hash.num_slots == len(reference) <= 0.9 * voxel_hash.table_size
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_table_grows_when_a_key_would_drift_past_the_displacement_bound(mode, monkeypatch):
+    device, sync_free = mode
+    monkeypatch.setattr(voxel_hash_module, '_MAX_DISPLACEMENT', 3)
+    generator = torch.Generator().manual_seed(4)
+    voxel_hash = VoxelHash(device, initial_capacity=1 << 10, max_load=0.9, sync_free=sync_free)
+    reference = {}
+    keys = pack_keys(torch.randint(-50, 50, (900, 3), generator=generator))
+    assert voxel_hash.insert(keys.to(device)).tolist() == _reference_insert(reference, keys)
+    # 900 keys fit 1024 buckets by load, not by a displacement of at most 2.
+    assert voxel_hash.table_size > 1024
+    assert voxel_hash.window <= 3
+    everything = torch.tensor(list(reference), dtype=torch.int64)
+    assert voxel_hash.lookup(everything.to(device)).tolist() == list(range(len(reference)))
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_lookup_scans_only_the_window_the_inserts_needed(mode):
+    device, sync_free = mode
+    voxel_hash = VoxelHash(device, initial_capacity=1 << 12, sync_free=sync_free)
+    keys = pack_keys(torch.arange(3000)[:, None].expand(-1, 3) * torch.tensor([1, 7, 13]))
+    voxel_hash.insert(keys.to(device))
+    mask = voxel_hash.table_size - 1
+    # Every stored key sits within `window` buckets of its home bucket, and one key sits at
+    # the largest displacement (the window is no wider than needed).
+    table_keys = voxel_hash._table_keys[:-1].cpu()
+    buckets = torch.nonzero(table_keys >= 0).squeeze(1)
+    displacement = (buckets - voxel_hash_module._hash(table_keys[buckets], mask)) & mask
+    assert buckets.numel() == 3000
+    assert int(displacement.max()) + 1 == voxel_hash.window
