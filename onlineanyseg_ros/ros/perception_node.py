@@ -201,7 +201,7 @@ class PerceptionNode(Node):
         """Subscribe to the images, camera_info and the pose source.
 
         The input callbacks only queue messages and run in their own callback group: under a
-        multi-threaded executor (the one-process pipeline) they keep draining the keep-last
+        multi-threaded executor (``run_nodes`` spins one) they keep draining the keep-last
         DDS queues while a keyframe is segmented, instead of letting a slow keyframe
         overwrite frames there unseen; the frame queue then bounds and counts what waits.
         """

@@ -1,7 +1,7 @@
 """The segmentation node: keyframe bundles in, a growing 3D instance map out.
 
 Subscription callbacks only hand the six keyframe parts to an ``ExactStampJoiner``; they run
-in their own callback group, so under a multi-threaded executor (the one-process pipeline)
+in their own callback group, so under the multi-threaded executor that ``run_nodes`` spins
 parts keep flowing into the joiner while a bundle is integrated, instead of waiting in the
 keep-last DDS queues, where a long integration would overwrite them unseen. A timer decodes
 one complete bundle per tick and integrates it into the ``OnlineSegmenter`` (which merges on
