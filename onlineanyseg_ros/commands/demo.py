@@ -216,8 +216,8 @@ def _play_and_save(bag_dir, params, keyframes, rate, timeout_s) -> str:
         print(f'[demo] segmentation node: {segmentation.get("frames_integrated")} keyframes, '
               f'{segmentation.get("merge_rounds")} merge rounds, '
               f'{segmentation.get("merged_masks")} merged masks')
-        skips = {key: value for key, value in {**perception, **segmentation}.items()
-                 if key.startswith('skipped.')}
+        skips = {f'{name}.{key}': value for name, values in status.values.items()
+                 for key, value in values.items() if key.startswith('skipped.')}
         if skips or status.count('segmentation', 'frames_integrated') < status.count(
                 'perception', 'keyframes'):
             print(f'[demo] warning: not every keyframe reached the map; skips: {skips}')
