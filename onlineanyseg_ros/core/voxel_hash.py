@@ -171,7 +171,14 @@ class VoxelHash:
         run_keys, run_of_key = torch.unique_consecutive(flat, return_inverse=True)
         slots = self._probe_lookup(run_keys)
         # Distinct absent keys: one stable sort, runs of equal keys start a new key each.
-        sorted_keys, order = torch.sort(torch.where(slots < 0, run_keys, _NO_KEY), stable=True)
+        # Sync-free, present keys sort last as _NO_KEY; otherwise only absent keys are sorted.
+        if self.sync_free:
+            sorted_keys, order = torch.sort(torch.where(slots < 0, run_keys, _NO_KEY),
+                                            stable=True)
+        else:
+            absent = torch.nonzero(slots < 0).squeeze(1)
+            sorted_keys, order_of_absent = torch.sort(run_keys[absent], stable=True)
+            order = absent[order_of_absent]
         starts = sorted_keys != _NO_KEY
         starts[1:] &= sorted_keys[1:] != sorted_keys[:-1]
         num_new, has_negative = torch.stack(
