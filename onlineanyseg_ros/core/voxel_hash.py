@@ -241,28 +241,31 @@ class VoxelHash:
     def _probe_lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Return the slots of int64 ``(n,)`` keys, -1 where absent.
 
-        On CUDA every key scans its whole window (no host sync). On the CPU, where a sync
-        costs nothing, keys found in (or absent by) their home bucket skip the window scan.
+        Sync-free, every key scans its whole window. Otherwise keys found in (or absent by)
+        their home bucket skip the window scan, at the cost of one compaction.
         """
-        if self.sync_free:
-            return self._window_lookup(keys)
         home = _hash(keys, self.table_size - 1)
+        if self.sync_free:
+            return self._window_lookup(keys, home)
         stored = self._table_keys[home]
         slots = torch.where(stored == keys, self._table_slots[home], -1)
         searching = torch.nonzero((stored != keys) & (stored != EMPTY_KEY)).squeeze(1)
         if searching.numel() > 0:
-            slots[searching] = self._window_lookup(keys[searching])
+            slots[searching] = self._window_lookup(keys[searching], home[searching])
         return slots
 
-    def _window_lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """Slots of int64 ``(n,)`` keys found within ``window`` buckets of home, else -1."""
+    def _window_lookup(self, keys: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        """Slots of int64 ``(n,)`` keys found within ``window`` buckets of home, else -1.
+
+        ``home``: int64 ``(n,)`` home bucket of each key (``_hash``).
+        """
         mask = self.table_size - 1
         offsets = torch.arange(self._window, device=self.device)
         slots = torch.empty_like(keys)
         chunk = max(_LOOKUP_ENTRIES // self._window, 1)
         for start in range(0, keys.numel(), chunk):
             part = keys[start:start + chunk]
-            window = (_hash(part, mask)[:, None] + offsets) & mask
+            window = (home[start:start + chunk, None] + offsets) & mask
             match = self._table_keys[window] == part[:, None]
             bucket = window.gather(1, match.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)
             slots[start:start + chunk] = torch.where(match.any(1), self._table_slots[bucket], -1)
