@@ -18,12 +18,12 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
 import warnings
 
 import torch
 from tqdm import tqdm
 
+from onlineanyseg_ros.core.profiling import latency_summary, StageTimer
 from onlineanyseg_ros.core.voxel_hash import voxel_keys, VoxelHash
 
 VOXEL_SIZE_M = 0.025
@@ -39,13 +39,6 @@ def frame_points(index: int, args: argparse.Namespace, device: torch.device) -> 
     y = (v - height / 2) / args.focal_px * args.depth_m
     z = args.depth_m + 0.2 * torch.sin(3.0 * x) * torch.cos(2.0 * y)
     return torch.stack((x, y, z), dim=-1).reshape(-1, 3)
-
-
-def percentiles(values):
-    """Return ``{'p50_ms', 'p95_ms'}`` of seconds."""
-    ordered = sorted(values)
-    return {'p50_ms': 1e3 * statistics.median(ordered),
-            'p95_ms': 1e3 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
 
 
 class SyncCounter:
@@ -93,29 +86,24 @@ def main() -> None:
     sync_free = None if args.sync_free is None else bool(args.sync_free)
     voxel_hash = VoxelHash(device, sync_free=sync_free)
 
-    def synchronize() -> None:
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
-    insert_s, lookup_s, new_keys = [], [], []
+    timer = StageTimer(device)
+    insert_ms, lookup_ms, new_keys = [], [], []
     insert_syncs, lookup_syncs = SyncCounter(device), SyncCounter(device)
     sample_every = max(args.frames // max(args.sync_samples, 1), 1)
     for index in tqdm(range(args.frames), desc='frames', unit='frame'):
         keys = voxel_keys(frame_points(index, args, device), VOXEL_SIZE_M)
         before = voxel_hash.num_slots
         counted = index % sample_every == sample_every - 1
-        synchronize()
-        started = time.perf_counter()
-        with insert_syncs.counting() if counted else contextlib.nullcontext():
+        # The timer's own device syncs lie outside the counted block.
+        with timer.scope('insert'), (insert_syncs.counting() if counted
+                                     else contextlib.nullcontext()):
             voxel_hash.insert(keys)
-        synchronize()
-        insert_s.append(time.perf_counter() - started)
+        insert_ms.append(timer.last_ms['insert'])
         new_keys.append(voxel_hash.num_slots - before)
-        started = time.perf_counter()
-        with lookup_syncs.counting() if counted else contextlib.nullcontext():
+        with timer.scope('lookup'), (lookup_syncs.counting() if counted
+                                     else contextlib.nullcontext()):
             voxel_hash.lookup(keys)
-        synchronize()
-        lookup_s.append(time.perf_counter() - started)
+        lookup_ms.append(timer.last_ms['lookup'])
     window = min(args.window, args.frames)
     samples = len(range(sample_every - 1, args.frames, sample_every))
     result = {
@@ -123,9 +111,9 @@ def main() -> None:
         'sync_free': voxel_hash.sync_free, 'slots': voxel_hash.num_slots,
         'table_size': voxel_hash.table_size, 'window': voxel_hash.window,
         'new_keys_per_frame_p50': statistics.median(new_keys),
-        'insert': percentiles(insert_s[1:]), 'lookup': percentiles(lookup_s[1:]),
-        'insert_first': percentiles(insert_s[1:window + 1]),
-        'insert_last': percentiles(insert_s[-window:]),
+        'insert': latency_summary(insert_ms[1:]), 'lookup': latency_summary(lookup_ms[1:]),
+        'insert_first': latency_summary(insert_ms[1:window + 1]),
+        'insert_last': latency_summary(insert_ms[-window:]),
     }
     if device.type == 'cuda':
         result['syncs_per_insert'] = insert_syncs.count / samples

@@ -3,10 +3,22 @@
 from collections import defaultdict, deque
 import contextlib
 import time
-from typing import Callable, Deque, Dict, Iterator
+from typing import Callable, Deque, Dict, Iterable, Iterator
 
 import numpy as np
 import torch
+
+
+def latency_summary(samples_ms: Iterable[float]) -> Dict[str, float]:
+    """Return ``{count, p50_ms, p95_ms, mean_ms, total_ms}`` of non-empty milliseconds."""
+    values = np.fromiter(samples_ms, dtype=np.float64)
+    return {
+        'count': int(values.size),
+        'p50_ms': float(np.percentile(values, 50)),
+        'p95_ms': float(np.percentile(values, 95)),
+        'mean_ms': float(values.mean()),
+        'total_ms': float(values.sum()),
+    }
 
 
 class StageTimer:
@@ -40,17 +52,7 @@ class StageTimer:
 
     def summary(self) -> Dict[str, Dict[str, float]]:
         """Return ``{stage: {count, p50_ms, p95_ms, mean_ms, total_ms}}`` over the history."""
-        report = {}
-        for name, samples in self._samples.items():
-            values = np.fromiter(samples, dtype=np.float64)
-            report[name] = {
-                'count': int(values.size),
-                'p50_ms': float(np.percentile(values, 50)),
-                'p95_ms': float(np.percentile(values, 95)),
-                'mean_ms': float(values.mean()),
-                'total_ms': float(values.sum()),
-            }
-        return report
+        return {name: latency_summary(samples) for name, samples in self._samples.items()}
 
     def reset(self) -> None:
         """Forget every sample."""

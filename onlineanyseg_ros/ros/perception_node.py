@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 import torch
 
-from onlineanyseg_ros.core.profiling import StageTimer
+from onlineanyseg_ros.core.profiling import latency_summary, StageTimer
 from onlineanyseg_ros.core.types import MaskObservation, RgbdFrame
 from onlineanyseg_ros.perception.clip_embedder import (ClipEmbedderConfig, find_clip_weights,
                                                        load_clip_embedder)
@@ -79,13 +79,6 @@ class _Received(NamedTuple):
 
     msg: Image
     arrival_ns: int
-
-
-def _latency_summary(samples_ms) -> Dict[str, float]:
-    """Return ``{count, p50_ms, p95_ms}`` of a non-empty sequence of milliseconds."""
-    values = np.fromiter(samples_ms, dtype=np.float64)
-    return {'count': int(values.size), 'p50_ms': float(np.percentile(values, 50)),
-            'p95_ms': float(np.percentile(values, 95))}
 
 
 # What building a model raises when a package, a file or the weights are missing or bad.
@@ -386,7 +379,7 @@ class PerceptionNode(Node):
         self._mirror_queue_skips()
         stages = self._stages.summary()
         if self._sync_wait_ms:
-            stages['sync_wait'] = _latency_summary(self._sync_wait_ms)
+            stages['sync_wait'] = latency_summary(self._sync_wait_ms)
         with self._input_lock:
             counters = self._queue.counters
         self._diagnostics.publish(stages, {
