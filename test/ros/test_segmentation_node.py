@@ -1,12 +1,15 @@
 """The segmentation node over real rclpy + DDS: map quality, bad input, services, query."""
 
 import pathlib
+import threading
+import time
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
-from rclpy.parameter import Parameter  # noqa: E402, I202
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402, I202
+from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -424,9 +427,6 @@ def test_parts_keep_arriving_during_a_slow_integration_so_no_bundle_is_lost_unse
     # while a long integration runs: left in their keep-last DDS queues (depth
     # bundle_queue_size) they would be overwritten without a trace. Every bundle is then
     # either integrated or counted as a skip of the bounded ready queue.
-    import threading
-    import time
-    from rclpy.executors import MultiThreadedExecutor
     frames, masks, _, _ = scene_stream
     node = make_segmentation_node(bundle_queue_size=2)
     probe = Probe(make_node)
