@@ -23,7 +23,8 @@ Host syncs happen only where a size must be known: the number of deduplicated ne
 (mask, voxel) pairs, the lengths of joined index lists (segment expansion sizes),
 the number of overlapping pairs, the largest inserted slot when the caller does not give the
 slot-space size, the entries frozen when a word fills up (every 63 insertions), and (merge
-rounds only) the merge decisions.
+rounds only) the merge decisions: the edge list goes to the host, which labels the
+components and sends the renumbering back in one copy.
 """
 
 import bisect
@@ -32,6 +33,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from onlineanyseg_ros.core import merging
+from onlineanyseg_ros.core.graph_ops import connected_components
 from onlineanyseg_ros.core.config import SegmenterConfig
 
 BITS_PER_WORD = 63
@@ -376,9 +378,10 @@ class MaskGraph:
         them; else they are sorted here.
         """
         self._inc_mid, self._inc_slot = mids, slots
-        self._voxel_counts = self._long(self._num_merged).index_add_(0, mids,
-                                                                     torch.ones_like(mids))
-        self._mask_ptr = torch.nn.functional.pad(torch.cumsum(self._voxel_counts, 0), (1, 0))
+        # Pairs are sorted by id: segment bounds by binary search, not contended atomics.
+        self._mask_ptr = torch.searchsorted(mids, torch.arange(self._num_merged + 1,
+                                                               device=self.device))
+        self._voxel_counts = self._mask_ptr[1:] - self._mask_ptr[:-1]
         if by_slot is None:
             order = torch.argsort(slots, stable=True)
             by_slot, by_slot_mid = slots[order], mids[order]
@@ -410,6 +413,18 @@ class MaskGraph:
         lengths = self._voxel_counts[ids]
         owner, position = _expand_segments(self._mask_ptr[ids], lengths, int(lengths.sum()))
         return owner, self._inc_slot[position]
+
+    def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Int64 ``(M,)`` sums of int64 ``values`` ``(pairs,)`` (incidence order) per mask.
+
+        On CUDA: prefix sums read at the mask bounds, because an ``index_add_`` over the
+        sorted ids serialises its atomics (20x slower on an H200 at 7M pairs). On the CPU
+        ``index_add_`` is the faster one (a single pass, no atomics).
+        """
+        if self.device.type != 'cuda':
+            return self._long(self._num_merged).index_add_(0, self._inc_mid, values)
+        prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
+        return prefix[self._mask_ptr[1:]] - prefix[self._mask_ptr[:-1]]
 
     # ----------------------------------------------------------------- containment
 
@@ -506,13 +521,18 @@ class MaskGraph:
             ``num_valid``.
 
         """
-        stats = {'stage1_merged': 0, 'stage2_merged': 0, 'stage2_iterations': 0}
+        stats = {'stage1_merged': 0, 'stage2_merged': 0, 'stage2_iterations': 0, 'removed': 0}
         points = self._points_per_slot(point_slots.to(self.device), point_features)
+        # Stage 2 only joins valid masks, and with a validity threshold of at least 2 (always,
+        # unless valid_weight_cap is 1) a singleton is never valid: the singletons that stage
+        # 1 leaves alone are final, so their pruning joins stage 1's renumbering.
+        fold_pruning = self.config.valid_weight_cap >= 2
         if self._num_merged:
             self._update_descriptors(*points)
             edges = merging.stage1_edges(self.containment, self._weights, self._features,
                                          self._descriptors, self._has_descriptor, self.config)
-            stats['stage1_merged'] = self._merge(edges, points)
+            stats['stage1_merged'], stats['removed'] = self._merge(
+                edges, points, self._stale() if fold_pruning else None)
         if stats['stage1_merged']:
             self._merge_time += 1
             for _ in range(self.config.contain_merge_iterations):
@@ -520,11 +540,12 @@ class MaskGraph:
                 edges = merging.containment_edges(self.containment, self.valid,
                                                   self.config.contain_merge_ratio)
                 edges &= self._has_descriptor[:, None] & self._has_descriptor[None, :]
-                merged = self._merge(edges, points)
+                merged, _ = self._merge(edges, points)
                 stats['stage2_merged'] += merged
                 if not merged:
                     break
-        stats['removed'] = self._prune_singletons()
+        if not fold_pruning:
+            stats['removed'] = self._prune_singletons()
         stats['num_merged'] = self._num_merged
         stats['num_valid'] = int(self.valid.sum())
         return stats
@@ -537,14 +558,15 @@ class MaskGraph:
         dropped (they cannot fall in any voxel set).
         """
         rows = self._active_bits.shape[0]
+        # Unknown slots land in a spare last row (no compaction: a host sync on CUDA).
         known = (point_slots >= 0) & (point_slots < rows)
-        slots = point_slots[known]
-        counts = torch.bincount(slots, minlength=rows)
+        slots = torch.where(known, point_slots, rows)
+        counts = self._long(rows + 1).index_add_(0, slots, torch.ones_like(slots))[:rows]
         if point_features is None:
             return counts, None
-        features = point_features.to(self.device, torch.float32)[known]
-        return counts, features.new_zeros((rows, features.shape[1])).index_add_(
-            0, slots, features)
+        features = point_features.to(self.device, torch.float32)
+        sums = features.new_zeros((rows + 1, features.shape[1])).index_add_(0, slots, features)
+        return counts, sums[:rows]
 
     def _update_descriptors(self, slot_counts: torch.Tensor,
                             slot_sums: Optional[torch.Tensor]) -> None:
@@ -555,8 +577,7 @@ class MaskGraph:
         weight-weighted mean of its members, set by ``_renumber``). Pooling goes over the
         deduplicated incidence, so a point counts once per mask that holds its slot.
         """
-        counts = self._long(self._num_merged).index_add_(
-            0, self._inc_mid, slot_counts[self._inc_slot])
+        counts = self._segment_sums(slot_counts[self._inc_slot])
         eligible = counts >= self.config.descriptor_min_points
         self._has_descriptor = self._has_descriptor | eligible
         if slot_sums is None:
@@ -568,46 +589,71 @@ class MaskGraph:
         pooled = sums / counts.clamp_min(1)[:, None]
         self._descriptors = torch.where(eligible[:, None], pooled, self._descriptors)
 
-    def _merge(self, edges: torch.Tensor, points=None) -> int:
-        """Merge the connected components of ``edges``; return how many were formed.
+    def _merge(self, edges: torch.Tensor, points=None,
+               stale: Optional[torch.Tensor] = None) -> Tuple[int, int]:
+        """Merge the connected components of ``edges`` and prune; return both counts.
 
         ``points``: per-slot point aggregates of this round (``_points_per_slot``) to
         re-pool the new masks' descriptors, or None to keep the members' weighted mean.
+        ``stale``: bool ``(M,)`` masks to remove unless they join a component, or None.
+
+        The decision is taken on the host: the edge list (and ``stale``) comes back in one
+        read after the edge count (two host syncs), components are labelled there (a few
+        thousand masks: microseconds), and the renumbering goes back in one copy.
         """
         num = self._num_merged
-        labels = merging.connected_components(edges)
+        pairs = torch.nonzero(edges).reshape(-1)  # sync: the edge count
+        if stale is not None:
+            pairs = torch.cat([pairs, stale.to(torch.int64)])
+        host = pairs.cpu()
+        if stale is None:
+            return self._apply_merge(host.view(-1, 2), None, points)
+        return self._apply_merge(host[:-num].view(-1, 2), host[-num:].bool(), points)
+
+    def _apply_merge(self, edge_list: torch.Tensor, stale: Optional[torch.Tensor],
+                     points) -> Tuple[int, int]:
+        """Merge along the CPU int64 ``(E, 2)`` ``edge_list``, drop ``stale`` (CPU bool) masks.
+
+        See ``_merge``; returns (components formed, masks removed).
+        """
+        num = self._num_merged
+        labels = connected_components(num, edge_list[:, 0], edge_list[:, 1])
         grouped = torch.bincount(labels, minlength=num)[labels] > 1
-        roots = grouped & (labels == torch.arange(num, device=self.device))
-        num_groups = int(roots.sum())
-        if not num_groups:
-            return 0
-        num_kept = num - int(grouped.sum())
+        roots = grouped & (labels == torch.arange(num))
+        removed = torch.zeros_like(grouped) if stale is None else stale & ~grouped
+        num_groups, num_removed = int(roots.sum()), int(removed.sum())
+        if not num_groups and not num_removed:
+            return 0, 0
+        kept = ~grouped & ~removed
+        num_kept = int(kept.sum())
         # Kept masks first in ascending order, then components by their smallest member.
         group_rank = torch.cumsum(roots, 0) - 1
         new_of_old = torch.where(grouped, num_kept + group_rank[labels],
-                                 torch.cumsum(~grouped, 0) - 1)
+                                 torch.where(kept, torch.cumsum(kept, 0) - 1, -1))
         self._renumber(new_of_old, num_kept, num_groups)
-        if points is not None:
-            self._update_descriptors(*points)
-        self._validity_level = self._merge_time
-        return num_groups
+        if num_groups:
+            if points is not None:
+                self._update_descriptors(*points)
+            self._validity_level = self._merge_time
+        return num_groups, num_removed
+
+    def _stale(self) -> torch.Tensor:
+        """Bool ``(M,)``: never-merged masks created >= singleton_expiry_keyframes ago."""
+        age = (self._num_insertions - 1) - self._created
+        return (self._weights <= 1) & (age >= self.config.singleton_expiry_keyframes)
 
     def _prune_singletons(self) -> int:
-        """Remove never-merged masks created >= singleton_expiry_keyframes insertions ago."""
-        age = (self._num_insertions - 1) - self._created
-        stale = (self._weights <= 1) & (age >= self.config.singleton_expiry_keyframes)
-        removed = int(stale.sum())
-        if removed:
-            new_of_old = torch.where(stale, -1, torch.cumsum(~stale, 0) - 1)
-            self._renumber(new_of_old, self._num_merged - removed, 0)
-        return removed
+        """Remove the stale masks (``_stale``) now; return how many."""
+        no_edges = torch.zeros((0, 2), dtype=torch.int64)
+        return self._apply_merge(no_edges, self._stale().cpu(), None)[1]
 
     def _renumber(self, new_of_old: torch.Tensor, num_kept: int, num_new: int) -> None:
         """Apply one renumbering to every per-mask field (method.md 4.5 steps 2-7, 4.7).
 
         Args:
-            new_of_old: int64 ``(M,)`` new id per old mask, -1 = removed; kept masks map to
-                ``0..num_kept-1`` in ascending old order, merged components to ``num_kept..``.
+            new_of_old: int64 ``(M,)`` on the CPU: new id per old mask, -1 = removed; kept
+                masks map to ``0..num_kept-1`` in ascending old order, merged components to
+                ``num_kept..``.
             num_kept: masks that keep their identity (their ``C`` block is copied).
             num_new: merged components (new masks; their ``C`` rows are recomputed).
 
@@ -616,6 +662,13 @@ class MaskGraph:
         source = torch.nonzero(new_of_old >= 0).squeeze(1)
         target = new_of_old[source]
         kept = source[target < num_kept]
+        members = source[target >= num_kept]
+        # Every index the device needs, in one host -> device copy.
+        parts = (new_of_old, source, target, kept, members)
+        packed = torch.cat(parts)
+        if self.device.type == 'cuda':
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        new_of_old, source, target, kept, members = packed.split([p.numel() for p in parts])
 
         def summed(values: torch.Tensor) -> torch.Tensor:
             return values.new_zeros((total,) + values.shape[1:]).index_add_(
@@ -637,10 +690,9 @@ class MaskGraph:
         frames = self._frames.new_zeros((total, self._frames.shape[1]))
         frames[:num_kept] = self._frames[kept]
         if num_new:
-            grouped = target >= num_kept
-            bits = _unpack_bits(self._frames[source[grouped]]).to(torch.int32)
+            bits = _unpack_bits(self._frames[members]).to(torch.int32)
             frames[num_kept:] = _pack_bits(bits.new_zeros((num_new, bits.shape[1])).index_add_(
-                0, target[grouped] - num_kept, bits) > 0)
+                0, new_of_old[members] - num_kept, bits) > 0)
         self._frames = frames
         self._first_frame = self._first_frame.new_zeros(total).scatter_reduce_(
             0, target, self._first_frame[source], 'amin', include_self=False)
@@ -650,7 +702,7 @@ class MaskGraph:
         raw_alive = self._merged_of_raw >= 0
         self._merged_of_raw = torch.where(
             raw_alive, new_of_old[self._merged_of_raw.clamp_min(0)], -1)
-        incidence = self._renumbered_incidence(new_of_old, num_kept)
+        incidence, new_voxels = self._renumbered_incidence(new_of_old, kept, members, num_kept)
         capacity = self._containment.shape[0]
         containment = torch.eye(capacity, device=self.device)
         containment[:num_kept, :num_kept] = self._containment[kept][:, kept]
@@ -658,32 +710,45 @@ class MaskGraph:
         self._num_merged = total
         self._set_incidence(*incidence)
         if num_new:
-            self._update_containment(torch.arange(num_kept, total, device=self.device))
+            self._update_containment(torch.arange(num_kept, total, device=self.device),
+                                     query_voxels=new_voxels)
 
-    def _renumbered_incidence(self, new_of_old: torch.Tensor, num_kept: int
-                              ) -> Tuple[torch.Tensor, ...]:
-        """Return the incidence after ``new_of_old``: id-sorted and slot-sorted pairs.
+    def _renumbered_incidence(self, new_of_old: torch.Tensor, kept: torch.Tensor,
+                              members: torch.Tensor, num_kept: int
+                              ) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+        """Return the incidence after ``new_of_old`` and the merged components' voxels.
 
-        Kept masks map monotonically, so their pairs stay sorted and unique in both orders
-        and are only filtered; the pairs of merged components (new ids above every kept id)
-        are deduplicated, sorted and merged in. Linear in the incidence plus a sort of the
-        merged components' pairs, instead of sorting all pairs again.
+        ``kept`` and ``members`` are the old ids of the kept masks (ascending) and of the
+        members of merged components. Kept masks map monotonically, so their pairs stay
+        sorted and unique in both orders and are only gathered; the pairs of merged
+        components (new ids above every kept id) are deduplicated, sorted and merged in.
+        Linear in the incidence plus a sort of the merged components' pairs. Host syncs:
+        the two pair counts (one read) and the deduplication.
+
+        Returns ``((mids, slots, by_slot, by_slot_mid), (component index, slot))``, the
+        second ordered by component then slot.
         """
-        new_mid = new_of_old[self._inc_mid]
-        kept = (new_mid >= 0) & (new_mid < num_kept)
-        group_keys = torch.unique((new_mid[new_mid >= num_kept] << _KEY_SHIFT)
-                                  | self._inc_slot[new_mid >= num_kept])
-        group_mids, group_slots = group_keys >> _KEY_SHIFT, group_keys & _SLOT_MASK
-        mids = torch.cat([new_mid[kept], group_mids])
-        slots = torch.cat([self._inc_slot[kept], group_slots])
+        kept_lengths, member_lengths = self._voxel_counts[kept], self._voxel_counts[members]
+        kept_pairs, member_pairs = (int(n) for n in torch.stack(
+            [kept_lengths.sum(), member_lengths.sum()]).tolist())  # sync: sizes
+        kept_mids, position = _expand_segments(self._mask_ptr[kept], kept_lengths, kept_pairs)
+        kept_slots = self._inc_slot[position]
+        member, position = _expand_segments(self._mask_ptr[members], member_lengths,
+                                            member_pairs)
+        group_keys = torch.unique(((new_of_old[members][member] - num_kept) << _KEY_SHIFT)
+                                  | self._inc_slot[position])
+        group_index, group_slots = group_keys >> _KEY_SHIFT, group_keys & _SLOT_MASK
+        mids = torch.cat([kept_mids, group_index + num_kept])
+        slots = torch.cat([kept_slots, group_slots])
         by_slot_new_mid = new_of_old[self._by_slot_mid]
-        by_slot_kept = (by_slot_new_mid >= 0) & (by_slot_new_mid < num_kept)
+        by_slot_kept = torch.nonzero_static((by_slot_new_mid >= 0) & (by_slot_new_mid < num_kept),
+                                            size=kept_pairs).squeeze(1)
         # Stable: within a slot the merged components stay in id order.
-        group_slots, order = torch.sort(group_slots, stable=True)
+        sorted_slots, order = torch.sort(group_slots, stable=True)
         by_slot, by_slot_mid = _merge_sorted(self._by_slot[by_slot_kept],
                                              by_slot_new_mid[by_slot_kept],
-                                             group_slots, group_mids[order])
-        return mids, slots, by_slot, by_slot_mid
+                                             sorted_slots, group_index[order] + num_kept)
+        return (mids, slots, by_slot, by_slot_mid), (group_index, group_slots)
 
     # ----------------------------------------------------------------- persistence
 

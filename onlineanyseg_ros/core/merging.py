@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+_FLOAT16_EXACT = 2048  # float16 holds every integer up to 2**11
+
 
 def gated_containment(overlap: torch.Tensor, visible: torch.Tensor, size: torch.Tensor,
                       contain_min: float, visible_ratio_min: float,
@@ -55,16 +57,29 @@ def overlap_similarity(containment: torch.Tensor) -> torch.Tensor:
 
 
 def supporter_counts(containment: torch.Tensor, weights: torch.Tensor,
-                     containing_ratio: float, contained_ratio: float) -> torch.Tensor:
+                     containing_ratio: float, contained_ratio: float,
+                     saturation: Optional[int] = None) -> torch.Tensor:
     """Return ``Sup = A diag(w) A^T``: total weight of masks that contain both i and j.
 
     ``A[i, k] = C[k, i] > containing_ratio and C[i, k] > contained_ratio`` (k mostly contains
     i, and i covers a fair share of k), ``A[i, i] = 0``. Float32 ``(M, M)``.
+
+    ``saturation``: a positive integer when only ``Sup >= saturation`` matters. Weights are
+    clamped to it, which keeps every count below it exact and every count at or above it at
+    or above it. On CUDA, with ``saturation <= 2048``, the product then runs in float16 on
+    the tensor cores: integers up to 2048 are exact there, and rounding (monotone) cannot
+    bring a larger sum under ``saturation``. About 4x faster than float32 at M = 3,500.
     """
     supported = (containment.T > containing_ratio) & (containment > contained_ratio)
     supported.fill_diagonal_(False)
-    a = supported.to(torch.float32)
-    return (a * weights.to(torch.float32)[None, :]) @ a.T
+    weights = weights.to(torch.float32)
+    dtype = torch.float32
+    if saturation is not None:
+        weights = weights.clamp_max(saturation)
+        if containment.is_cuda and saturation <= _FLOAT16_EXACT:
+            dtype = torch.float16
+    a = supported.to(dtype)
+    return ((a * weights.to(dtype)[None, :]) @ a.T).to(torch.float32)
 
 
 def similarity_edges(score: torch.Tensor, containment: torch.Tensor, score_threshold: float,
@@ -117,7 +132,7 @@ def stage1_edges(containment: torch.Tensor, weights: torch.Tensor,
         score = score + geometric * (has_descriptor[:, None] & has_descriptor[None, :])
     edges = similarity_edges(score, containment, threshold, config.merge_overlap_threshold)
     support = supporter_counts(containment, weights, config.containing_ratio,
-                               config.contained_ratio)
+                               config.contained_ratio, saturation=config.merge_supporter_weight)
     edges |= supporter_edges(support, config.merge_supporter_weight)
     return edges & has_descriptor[:, None] & has_descriptor[None, :]
 
@@ -145,22 +160,3 @@ def containment_edges(containment: torch.Tensor, valid: torch.Tensor,
 def validity(weights: torch.Tensor, merge_time: int, weight_cap: int) -> torch.Tensor:
     """Return bool ``(M,)``: ``weights >= min(merge_time + 2, weight_cap)`` (method.md 4.5.8)."""
     return weights >= min(merge_time + 2, weight_cap)
-
-
-def connected_components(edges: torch.Tensor) -> torch.Tensor:
-    """Label the connected components of an undirected bool ``(M, M)`` edge matrix.
-
-    Label propagation (``scatter_reduce`` amin plus pointer jumping) on the device; one host
-    sync per propagation step to test convergence. Returns int64 ``(M,)``: every mask's
-    label is the smallest index of its component.
-    """
-    num = edges.shape[0]
-    labels = torch.arange(num, device=edges.device)
-    src, dst = torch.nonzero(edges | edges.T, as_tuple=True)
-    while src.numel():
-        updated = labels.scatter_reduce(0, dst, labels[src], 'amin', include_self=True)
-        updated = updated[updated]
-        if torch.equal(updated, labels):
-            break
-        labels = updated
-    return labels

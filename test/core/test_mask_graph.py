@@ -381,6 +381,61 @@ def test_stale_singletons_are_pruned_after_expiry():
     assert graph.num_merged == 2 and graph.voxel_counts.tolist() == [100, 20]
 
 
+def _round_in_method_order(graph, point_slots):
+    """A merge round in method.md's order: stage 1, stage 2, then pruning on its own."""
+    from onlineanyseg_ros.core import merging
+    points = graph._points_per_slot(point_slots, None)
+    graph._update_descriptors(*points)
+    edges = merging.stage1_edges(graph.containment, graph.weights, graph.features, None,
+                                 graph.has_descriptor, graph.config)
+    stats = {'stage1_merged': graph._merge(edges, points)[0], 'stage2_merged': 0}
+    if stats['stage1_merged']:
+        graph._merge_time += 1
+        for _ in range(graph.config.contain_merge_iterations):
+            edges = merging.containment_edges(graph.containment, graph.valid,
+                                              graph.config.contain_merge_ratio)
+            edges &= graph.has_descriptor[:, None] & graph.has_descriptor[None, :]
+            merged = graph._merge(edges, points)[0]
+            stats['stage2_merged'] += merged
+            if not merged:
+                break
+    stats['removed'] = graph._prune_singletons()
+    return stats
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_pruning_inside_stage_one_matches_pruning_after_stage_two(device):
+    """merge_round prunes in stage 1's renumbering; the result equals pruning last."""
+    config = SegmenterConfig(descriptor='none', descriptor_min_points=5,
+                             singleton_expiry_keyframes=4, visible_min_voxels=30)
+    rng = random.Random(7)
+    folded, ordered = MaskGraph(config, device), MaskGraph(config, device)
+    objects = [(start, start + rng.randint(20, 60)) for start in range(0, 2000, 80)]
+    both_in_one_round = 0
+    for frame in range(40):
+        masks = []
+        for start, stop in rng.sample(objects, 4):
+            kept = {s for s in range(start, stop) if rng.random() > 0.2}
+            if rng.random() < 0.3:  # a stray piece that never merges: pruned later
+                kept = set(range(stop + 5, stop + 5 + rng.randint(6, 12)))
+            masks.append(kept)
+        observed = sorted(set().union(*masks))
+        for graph in (folded, ordered):
+            insert(graph, observed, masks)
+        if frame % 5 == 4:
+            point_slots = torch.arange(2200, device=device).repeat(2)
+            stats = folded.merge_round(point_slots, None)
+            expected = _round_in_method_order(ordered, point_slots)
+            assert {k: stats[k] for k in expected} == expected
+            both_in_one_round += bool(stats['stage1_merged'] and stats['removed'])
+            assert torch.equal(folded.merged_of_raw, ordered.merged_of_raw)
+            assert torch.equal(folded.weights, ordered.weights)
+            assert torch.equal(folded.voxel_counts, ordered.voxel_counts)
+            assert torch.equal(folded.containment, ordered.containment)
+            assert torch.equal(folded._by_slot_mid, ordered._by_slot_mid)
+    assert both_in_one_round >= 2
+
+
 def test_confidence_and_state_dict_round_trip():
     graph = MaskGraph(CONFIG)
     _frame(graph, [(0, 100)], feature=_unit(1, 0, 0))
