@@ -244,9 +244,45 @@ def _sum_smallest(query_index: torch.Tensor, distance: torch.Tensor, found: torc
     return sums
 
 
+def _knn_sums_exhaustive(points: torch.Tensor, batch: torch.Tensor, batch_sizes: torch.Tensor,
+                         rows: torch.Tensor, need: torch.Tensor,
+                         max_pairs: Optional[int] = None) -> torch.Tensor:
+    """Sum, for each point ``rows[r]``, its ``need[r]`` smallest distances to its batch.
+
+    Every point of the batch is a candidate (the point itself at distance 0), so the
+    result is exact whatever the geometry, in one pass: the (row, batch point) pairs are
+    enumerated in chunks of about ``max_pairs`` (``default_max_candidates``) and reduced by
+    ``_sum_smallest``. ``batch_sizes``: int64 points per batch id. Host syncs: the chunk
+    bounds and, per chunk, those of ``_sum_smallest``.
+    """
+    device = points.device
+    order = torch.argsort(batch, stable=True)
+    batch_start = torch.cumsum(batch_sizes, 0) - batch_sizes
+    row_batch = batch.index_select(0, rows)
+    lengths = batch_sizes.index_select(0, row_batch)
+    starts = batch_start.index_select(0, row_batch)
+    sums = torch.zeros(rows.numel(), dtype=points.dtype, device=device)
+    chunks = _chunk_bounds(lengths, max_pairs or default_max_candidates(device))
+    prefix = torch.cumsum(lengths, 0)
+    totals = (prefix[[end - 1 for _, end in chunks]]
+              - torch.nn.functional.pad(prefix, (1, 0))[[begin for begin, _ in chunks]]).tolist()
+    for (begin, end), total in zip(chunks, totals):
+        chunk_lengths = lengths[begin:end]
+        run_ends = torch.cumsum(chunk_lengths, 0)
+        flat = torch.arange(total, device=device)
+        owner = torch.searchsorted(run_ends, flat, right=True)
+        member = order.index_select(0, flat + (starts[begin:end] - run_ends
+                                               + chunk_lengths).index_select(0, owner))
+        difference = (points.index_select(0, rows[begin:end].index_select(0, owner))
+                      - points.index_select(0, member))
+        sums[begin:end] = _sum_smallest(owner, _squared_norm(difference).sqrt_(),
+                                        chunk_lengths, need[begin:end])
+    return sums
+
+
 def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
-                      initial_radius: float, candidates: Optional[torch.Tensor] = None
-                      ) -> torch.Tensor:
+                      initial_radius: float, candidates: Optional[torch.Tensor] = None,
+                      search: str = 'auto') -> torch.Tensor:
     """Mean distance of each point to its ``k`` nearest points of the same batch.
 
     Like Open3D's ``SearchKNN`` on a cloud that contains the query: the point itself counts
@@ -256,9 +292,16 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
     With ``candidates``, a row holding ``need`` finite distances takes their mean: exact
     when the candidate set of that row held every point of the batch closer than its
     ``need``-th smallest candidate distance, otherwise an overestimate (the true
-    neighbours are at most as far). Every other point is exact by
-    construction: a radius search is complete for every point that finds at least
-    ``need`` points within the radius; the others repeat with a doubled radius.
+    neighbours are at most as far). Every other point is exact by construction, found by
+    ``search``:
+
+    - ``'radius'``: a radius search is complete for every point that finds at least
+      ``need`` points within the radius; the others repeat with a doubled radius (about
+      ten host syncs per round);
+    - ``'exhaustive'``: every point of the batch is measured (``_knn_sums_exhaustive``):
+      one pass and a few host syncs, at ``points x batch size`` work;
+    - ``'auto'``: exhaustive on CUDA, where the few hundred to few thousand remaining
+      points of a frame cost less than the syncs of the rounds; radius on the CPU.
 
     Args:
         points: float ``(P, 3)``, finite.
@@ -269,18 +312,22 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
             smallest distances to a candidate set of distinct points of its batch (itself
             included at 0), in any order, ``inf`` where the set is smaller (e.g.
             ``topk(k, largest=False, sorted=False).values`` of a wider table).
+        search: ``'auto'``, ``'radius'`` or ``'exhaustive'``.
 
     Returns:
         ``points.dtype`` ``(P,)`` mean distances.
 
     """
+    if search not in ('auto', 'radius', 'exhaustive'):
+        raise ValueError(f"search must be 'auto', 'radius' or 'exhaustive', got {search!r}")
     device = points.device
     result = torch.zeros(points.shape[0], dtype=points.dtype, device=device)
     if points.shape[0] == 0:
         return result
     if not bool(torch.isfinite(points).all()):
         raise ValueError('knn_mean_distance needs finite points')
-    need = torch.bincount(batch).clamp(max=k)[batch]
+    batch_sizes = torch.bincount(batch)
+    need = batch_sizes.clamp(max=k)[batch]
     pending = torch.arange(points.shape[0], device=device)
     if candidates is not None:
         if candidates.shape[1] > k:
@@ -291,11 +338,16 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
         enough = finite.sum(1) >= need
         sums = torch.where(finite, candidates, 0.0).sum(1)
         result = torch.where(enough, sums / need.to(points.dtype), 0.0)
-        pending = pending[~enough]
+        pending = torch.nonzero(~enough).squeeze(1)
+    if search == 'exhaustive' or (search == 'auto' and device.type == 'cuda'):
+        if pending.numel():
+            sums = _knn_sums_exhaustive(points, batch, batch_sizes, pending, need[pending])
+            result[pending] = sums / need[pending].to(points.dtype)
+        return result
     radius = initial_radius
     while pending.numel() > 0:
         # Only the batches of pending points can hold their neighbours.
-        involved = torch.bincount(batch[pending], minlength=int(batch.max()) + 1) > 0
+        involved = torch.bincount(batch[pending], minlength=batch_sizes.numel()) > 0
         reference = torch.nonzero(involved[batch]).squeeze(1)
         query_index, _, distance = radius_search(points[pending], batch[pending],
                                                  points[reference], batch[reference], radius)

@@ -33,8 +33,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from onlineanyseg_ros.core import merging
-from onlineanyseg_ros.core.graph_ops import connected_components
 from onlineanyseg_ros.core.config import SegmenterConfig
+from onlineanyseg_ros.core.graph_ops import connected_components
 
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40

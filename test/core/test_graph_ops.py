@@ -7,9 +7,10 @@ from scipy.sparse.csgraph import connected_components as scipy_components
 from scipy.spatial import cKDTree
 import torch
 
-from onlineanyseg_ros.core.graph_ops import (connected_components, knn_mean_distance,
-                                             lattice_neighbors, lattice_offsets, radius_pairs,
-                                             radius_search, segment_mode)
+from onlineanyseg_ros.core.graph_ops import (_knn_sums_exhaustive, connected_components,
+                                             knn_mean_distance, lattice_neighbors,
+                                             lattice_offsets, radius_pairs, radius_search,
+                                             segment_mode)
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
@@ -111,14 +112,16 @@ def test_segment_mode_matches_counter_with_ties():
 
 
 @pytest.mark.parametrize('device', DEVICES)
-def test_knn_mean_distance_is_exact(device):
+@pytest.mark.parametrize('search', ['radius', 'exhaustive', 'auto'])
+def test_knn_mean_distance_is_exact(device, search):
     points, batch = _clustered_points(4, num_points=1200, num_batches=5)
     # A tiny batch (fewer points than k) and far outliers that need several radius rounds.
     points = np.concatenate([points, [[5.0, 5.0, 5.0], [5.01, 5.0, 5.0], [-3.0, 2.0, 0.0]]])
     batch = np.concatenate([batch, [7, 7, 0]])
     k = 10
     result = knn_mean_distance(torch.tensor(points, device=device),
-                               torch.tensor(batch, device=device), k, 0.02).cpu().numpy()
+                               torch.tensor(batch, device=device), k, 0.02,
+                               search=search).cpu().numpy()
     expected = np.empty(len(points))
     for index in np.unique(batch):
         rows = np.nonzero(batch == index)[0]
@@ -127,10 +130,13 @@ def test_knn_mean_distance_is_exact(device):
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-15)
 
 
-def test_knn_mean_distance_rejects_non_finite_points():
+def test_knn_mean_distance_rejects_non_finite_points_and_unknown_searches():
     with pytest.raises(ValueError, match='finite'):
         knn_mean_distance(torch.tensor([[0.0, 0.0, float('nan')]]),
                           torch.zeros(1, dtype=torch.int64), 3, 0.1)
+    with pytest.raises(ValueError, match='search'):
+        knn_mean_distance(torch.zeros((1, 3)), torch.zeros(1, dtype=torch.int64), 3, 0.1,
+                          search='kdtree')
 
 
 def test_lattice_offsets_window_and_gap_filter():
@@ -166,27 +172,43 @@ def test_lattice_neighbors_match_dictionary_lookup(device, max_table_entries):
     assert (found < len(cells)).sum() > len(cells)  # neighbours were found
 
 
-def test_knn_mean_distance_with_candidates():
+@pytest.mark.parametrize('max_pairs', [1, 700, 1 << 20])
+def test_exhaustive_knn_sums_in_chunks(max_pairs):
+    points, batch = _clustered_points(2, num_points=300, num_batches=4)
+    rows = torch.tensor([0, 5, 17, 120, 299])
+    need = torch.tensor([1, 3, 7, 7, 2])
+    sizes = torch.bincount(torch.tensor(batch))
+    sums = _knn_sums_exhaustive(torch.tensor(points), torch.tensor(batch), sizes, rows, need,
+                                max_pairs)
+    for row, taken, value in zip(rows.tolist(), need.tolist(), sums.tolist()):
+        same = points[batch == batch[row]]
+        distances = np.sort(np.linalg.norm(same - points[row], axis=1))
+        assert value == pytest.approx(distances[:taken].sum(), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize('search', ['radius', 'exhaustive'])
+def test_knn_mean_distance_with_candidates(search):
     points, batch = _clustered_points(6, num_points=600, num_batches=3)
     points = np.concatenate([points, [[5.0, 5.0, 5.0], [5.01, 5.0, 5.0]]])
     batch = np.concatenate([batch, [7, 7]])
     k = 10
-    exact = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02)
+    points_t, batch_t = torch.tensor(points), torch.tensor(batch)
+    exact = knn_mean_distance(points_t, batch_t, k, 0.02, search=search)
     distance = np.linalg.norm(points[:, None] - points[None], axis=2)
     distance[batch[:, None] != batch[None]] = np.inf
     nearest = torch.tensor(distance).topk(k, dim=1, largest=False, sorted=False).values
     # Complete candidate sets give the exact result; too few candidates (every other row
     # keeps only 3) fall back to the exact search.
-    full = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02, nearest)
+    full = knn_mean_distance(points_t, batch_t, k, 0.02, nearest, search=search)
     torch.testing.assert_close(full, exact, rtol=1e-12, atol=1e-15)
     partial = nearest.clone()
     partial[::2, 3:] = np.inf
-    mixed = knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02, partial)
+    mixed = knn_mean_distance(points_t, batch_t, k, 0.02, partial, search=search)
     torch.testing.assert_close(mixed, exact, rtol=1e-12, atol=1e-15)
     # Candidates missing a true neighbour overestimate.
     missing = torch.tensor(np.sort(distance, axis=1)[:, 1:k + 1])
     missing[:, 0] = 0.0
     assert bool((knn_mean_distance(torch.tensor(points), torch.tensor(batch), k, 0.02,
-                                   missing)[:-2] > exact[:-2]).all())
+                                   missing, search=search)[:-2] > exact[:-2]).all())
     with pytest.raises(ValueError, match='at most k'):
         knn_mean_distance(torch.tensor(points), torch.tensor(batch), 3, 0.02, nearest)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from onlineanyseg_ros.core import merging
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.mask_graph import MaskGraph
 
@@ -382,8 +383,7 @@ def test_stale_singletons_are_pruned_after_expiry():
 
 
 def _round_in_method_order(graph, point_slots):
-    """A merge round in method.md's order: stage 1, stage 2, then pruning on its own."""
-    from onlineanyseg_ros.core import merging
+    """Run a merge round in method.md's order: stage 1, stage 2, then pruning on its own."""
     points = graph._points_per_slot(point_slots, None)
     graph._update_descriptors(*points)
     edges = merging.stage1_edges(graph.containment, graph.weights, graph.features, None,
