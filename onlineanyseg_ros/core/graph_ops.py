@@ -16,6 +16,8 @@ _NEIGHBOR_OFFSETS = tuple(itertools.product((-1, 0, 1), repeat=3))
 # even when the float division p / cell rounds across a cell border.
 _CELL_PADDING = 1.0001
 _MAX_CODE = 1 << 62
+# Pointer jumps per round of connected_components on CUDA: trees up to 2**8 deep per round.
+_JUMPS_PER_TEST = 8
 
 
 def _cell_codes(query_cells: torch.Tensor, query_batch: torch.Tensor,
@@ -143,25 +145,45 @@ def radius_pairs(points: torch.Tensor, batch: torch.Tensor, radius: float,
     return i[distinct], j[distinct]
 
 
-def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor,
+                         compact: Optional[bool] = None) -> torch.Tensor:
     """Label the connected components of an undirected graph.
 
-    Min-label hooking (``scatter_reduce amin`` of root labels along the edges) alternated
-    with pointer jumping until no edge joins two labels; O(log n) rounds in practice. Edges
-    whose ends share a label drop out after each round (they stay joined).
+    Min-label hooking (``scatter_reduce amin`` of labels along the edges) alternated with
+    pointer jumping until a round changes nothing; O(log n) rounds in practice. Labels only
+    decrease and stay inside their component, and a round that changes nothing leaves
+    every label a root and both ends of every edge on one label, so each component ends on
+    its smallest node. Host syncs: one convergence test per round, plus, when compacting,
+    one per round that drops the edges whose ends already share a label and one per two
+    pointer jumps.
 
     Args:
         num_nodes: number of nodes.
         i, j: int64 ``(E,)`` edge endpoints in ``[0, num_nodes)``; direction is ignored.
+        compact: drop joined edges and jump to the fixed point every round; None = on the
+            CPU only (fewer edges pay there; on CUDA the syncs cost more than scattering
+            every edge again, and a round is a hook plus a fixed number of jumps).
 
     Returns:
         int64 ``(num_nodes,)``: the smallest node index of each node's component.
 
     """
     labels = torch.arange(num_nodes, dtype=torch.int64, device=i.device)
+    if compact is None:
+        compact = i.device.type != 'cuda'
+    if not compact:
+        while i.numel() > 0:
+            before = labels
+            label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
+            labels = labels.scatter_reduce(0, torch.maximum(label_i, label_j),
+                                           torch.minimum(label_i, label_j), reduce='amin')
+            for _ in range(_JUMPS_PER_TEST):
+                labels = labels.index_select(0, labels)
+            if torch.equal(labels, before):
+                break
+        return labels
     while i.numel() > 0:
         label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
-        # One nonzero (a host sync on CUDA) compacts all four edge tensors.
         joining = torch.nonzero(label_i != label_j).squeeze(1)
         if joining.numel() == 0:
             break
@@ -171,8 +193,8 @@ def connected_components(num_nodes: int, i: torch.Tensor, j: torch.Tensor) -> to
         # roots only and labels[x] <= x stays true.
         labels.scatter_reduce_(0, torch.maximum(label_i, label_j),
                                torch.minimum(label_i, label_j), reduce='amin')
-        # Two jumps per convergence test (a host sync): jumping past the fixed point (every
-        # label a root) changes nothing.
+        # Two jumps per convergence test: jumping past the fixed point (every label a root)
+        # changes nothing.
         while True:
             jumped = labels.index_select(0, labels)
             jumped = jumped.index_select(0, jumped)
@@ -205,8 +227,7 @@ def segment_mode(segment: torch.Tensor, value: torch.Tensor, num_segments: int,
     is_best = code_counts == best_count[code_segment]
     mode = torch.full((num_segments,), num_values, dtype=torch.int64, device=device)
     mode.scatter_reduce_(0, code_segment[is_best], codes[is_best] % num_values, reduce='amin')
-    mode[best_count == 0] = -1
-    return mode, best_count
+    return torch.where(best_count == 0, -1, mode), best_count
 
 
 def _sum_smallest(query_index: torch.Tensor, distance: torch.Tensor, found: torch.Tensor,
@@ -416,13 +437,14 @@ def lattice_neighbors(cells: torch.Tensor, batch: torch.Tensor, num_batches: int
                           device=device)
     if num_cells >= (1 << 31) - 1:
         raise ValueError('lattice_neighbors supports fewer than 2^31 cells')
-    reach = int(offsets.abs().max())
+    reach = offsets.abs().max()  # stays on the device: the extents are the one read
     index = batch[:, None].expand(-1, 3)
     lower = torch.zeros((num_batches, 3), dtype=torch.int64, device=device).scatter_reduce_(
         0, index, cells, reduce='amin', include_self=False)
     upper = torch.zeros_like(lower).scatter_reduce_(0, index, cells, reduce='amax',
                                                     include_self=False)
-    present = torch.bincount(batch, minlength=num_batches) > 0
+    present = torch.zeros(num_batches, dtype=torch.int64, device=device).index_add_(
+        0, batch, torch.ones_like(batch)) > 0
     extent = torch.where(present[:, None], upper - lower + 1 + 2 * reach, 0)
     total = sum(math.prod(sizes) for sizes in extent.tolist())
     if total >= _MAX_CODE:

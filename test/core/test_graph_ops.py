@@ -71,15 +71,16 @@ def test_radius_search_empty_inputs():
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('compact', [None, True, False])
 @pytest.mark.parametrize('seed', [0, 1, 2])
-def test_connected_components_match_scipy(device, seed):
+def test_connected_components_match_scipy(device, compact, seed):
     rng = np.random.default_rng(seed)
     num_nodes = 3000
     # Mostly chain-like sparse graph with many components and isolated nodes.
     i = rng.integers(0, num_nodes, 2200)
     j = np.clip(i + rng.integers(-40, 40, i.size), 0, num_nodes - 1)
     labels = connected_components(num_nodes, torch.tensor(i, device=device),
-                                  torch.tensor(j, device=device)).cpu().numpy()
+                                  torch.tensor(j, device=device), compact).cpu().numpy()
     adjacency = coo_matrix((np.ones(i.size), (i, j)), shape=(num_nodes, num_nodes))
     count, expected = scipy_components(adjacency, directed=False)
     assert len(np.unique(labels)) == count
@@ -89,10 +90,21 @@ def test_connected_components_match_scipy(device, seed):
     np.testing.assert_array_equal(labels, smallest[expected])
 
 
+@pytest.mark.parametrize('compact', [True, False])
+def test_connected_components_of_a_long_shuffled_path(compact):
+    # A path whose labels decrease along it: hooking builds one chain, deeper than the
+    # jumps of one uncompacted round.
+    num_nodes = 2000
+    order = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(4))
+    labels = connected_components(num_nodes, order[:-1], order[1:], compact)
+    assert labels.tolist() == [0] * num_nodes
+
+
 def test_connected_components_without_edges():
     none = torch.empty(0, dtype=torch.int64)
-    assert connected_components(4, none, none).tolist() == [0, 1, 2, 3]
-    assert connected_components(0, none, none).numel() == 0
+    for compact in (True, False):
+        assert connected_components(4, none, none, compact).tolist() == [0, 1, 2, 3]
+        assert connected_components(0, none, none, compact).numel() == 0
 
 
 def test_segment_mode_matches_counter_with_ties():
