@@ -13,7 +13,9 @@ coordinates. State (all on ``device``):
   store holds a few words per voxel instead of ``frames / 63`` (a dense bitset at 5,000
   keyframes and 5M slots would be 4 GB);
 - merged-level incidence: deduplicated ``(merged id, slot)`` pairs sorted by id (a CSR
-  ``mask -> slots``) plus the same pairs sorted by slot (the join ``slot -> merged ids``);
+  ``mask -> slots``, in buffers with free room for appends) plus the same pairs sorted by
+  slot (the join ``slot -> merged ids``) as a main run and a small delta run of the masks
+  inserted since the last renumbering, so that an insert costs O(its pairs), not O(map);
 - per merged mask: weight, summed semantic vector, frame bitset, geometric descriptor and
   its flag, creation insertion, first member insertion, summed 2D score;
 - dense containment ``C[a, b]`` ("a contains b") with capacity doubling;
@@ -42,6 +44,10 @@ _SLOT_MASK = (1 << _KEY_SHIFT) - 1
 _WORD_BITS = 23  # frozen observation key (slot << 23) | word: 2**23 words = 528M insertions
 _WORD_MASK = (1 << _WORD_BITS) - 1
 _PAIR_VOXELS = 1 << 23  # bounds the (pair, voxel) elements of one visibility chunk
+# Free room of the id-sorted pair buffers after a renumbering: size / 8, at least 2**16 pairs
+# (the pairs of the few keyframes until the next merge round).
+_INCIDENCE_HEADROOM = 8
+_MIN_PAIR_CAPACITY = 1 << 16
 
 
 def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
@@ -375,9 +381,14 @@ class MaskGraph:
         """Install pairs sorted by (merged id, slot), deduplicated, and the slot-sorted join.
 
         ``by_slot``/``by_slot_mid``: the same pairs sorted by (slot, id) when the caller has
-        them; else they are sorted here.
+        them; else they are sorted here. The id-sorted pairs are copied into buffers with
+        room for the inserts until the next renumbering (``_INCIDENCE_HEADROOM``).
         """
-        self._inc_mid, self._inc_slot = mids, slots
+        size = mids.numel()
+        capacity = size + max(size // _INCIDENCE_HEADROOM, _MIN_PAIR_CAPACITY)
+        self._mid_buffer, self._slot_buffer = self._long(capacity), self._long(capacity)
+        self._mid_buffer[:size], self._slot_buffer[:size] = mids, slots
+        self._inc_mid, self._inc_slot = self._mid_buffer[:size], self._slot_buffer[:size]
         # Pairs are sorted by id: segment bounds by binary search, not contended atomics.
         self._mask_ptr = torch.searchsorted(mids, torch.arange(self._num_merged + 1,
                                                                device=self.device))
@@ -386,11 +397,28 @@ class MaskGraph:
             order = torch.argsort(slots, stable=True)
             by_slot, by_slot_mid = slots[order], mids[order]
         self._by_slot, self._by_slot_mid = by_slot, by_slot_mid
+        self._delta_slot, self._delta_mid = self._long(0), self._long(0)
 
     def _append_incidence(self, mids, slots, num_masks: int) -> None:
-        """Append pairs of new masks (ids above all current ones) with a linear merge."""
-        self._inc_mid = torch.cat([self._inc_mid, mids])
-        self._inc_slot = torch.cat([self._inc_slot, slots])
+        """Append the pairs of new masks (ids above all current ones) in O(new pairs).
+
+        The id-sorted pairs go into the buffers' free room (doubling when full). The join
+        index has two slot-sorted runs: the main run, rebuilt by every renumbering, and a
+        delta run of the masks inserted since, into which the new pairs are merged; the
+        delta is merged into the main run when it grows past a quarter of it (merge rounds
+        renumber long before that, every few keyframes).
+        """
+        size, added = self._inc_mid.numel(), mids.numel()
+        if size + added > self._mid_buffer.numel():
+            capacity = max(2 * self._mid_buffer.numel(), size + added)
+            for name in ('_mid_buffer', '_slot_buffer'):
+                grown = self._long(capacity)
+                grown[:size] = getattr(self, name)[:size]
+                setattr(self, name, grown)
+        self._mid_buffer[size:size + added] = mids
+        self._slot_buffer[size:size + added] = slots
+        self._inc_mid = self._mid_buffer[:size + added]
+        self._inc_slot = self._slot_buffer[:size + added]
         counts = self._long(num_masks).index_add_(0, mids - self._num_merged,
                                                   torch.ones_like(mids))
         self._voxel_counts = torch.cat([self._voxel_counts, counts])
@@ -398,15 +426,33 @@ class MaskGraph:
                                     self._mask_ptr[-1] + torch.cumsum(counts, 0)])
         new_slots, order = torch.sort(slots, stable=True)
         # Equal slots: the new (larger) ids go after the old ones, keeping id order per slot.
-        self._by_slot, self._by_slot_mid = _merge_sorted(self._by_slot, self._by_slot_mid,
-                                                         new_slots, mids[order])
+        self._delta_slot, self._delta_mid = _merge_sorted(self._delta_slot, self._delta_mid,
+                                                          new_slots, mids[order])
+        if self._delta_slot.numel() > self._by_slot.numel() // 4:
+            self._by_slot, self._by_slot_mid = _merge_sorted(
+                self._by_slot, self._by_slot_mid, self._delta_slot, self._delta_mid)
+            self._delta_slot, self._delta_mid = self._long(0), self._long(0)
 
     def _join(self, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Join slots with the merged incidence: ``(index into slots, merged id)`` pairs."""
+        """Join slots with the merged incidence: ``(index into slots, merged id)`` pairs.
+
+        Ordered by slot index, then merged id: per slot the main run's ids, then the delta
+        run's (all larger).
+        """
         low = torch.searchsorted(self._by_slot, slots)
-        counts = torch.searchsorted(self._by_slot, slots, right=True) - low
+        main_counts = torch.searchsorted(self._by_slot, slots, right=True) - low
+        if not self._delta_slot.numel():
+            owner, position = _expand_segments(low, main_counts, int(main_counts.sum()))
+            return owner, self._by_slot_mid[position]
+        delta_low = torch.searchsorted(self._delta_slot, slots)
+        counts = main_counts + torch.searchsorted(self._delta_slot, slots, right=True) - delta_low
         owner, position = _expand_segments(low, counts, int(counts.sum()))
-        return owner, self._by_slot_mid[position]
+        # Past its main count a position continues in the delta run.
+        beyond = position - (low + main_counts)[owner]
+        in_main = beyond < 0
+        main_ids = self._by_slot_mid[position.clamp_max(self._by_slot.numel() - 1)]
+        delta_ids = self._delta_mid[(delta_low[owner] + beyond).clamp_min(0)]
+        return owner, torch.where(in_main, main_ids, delta_ids)
 
     def _mask_voxels(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return ``(index into ids, slot)`` for every voxel of the merged masks ``ids``."""
@@ -729,8 +775,10 @@ class MaskGraph:
         second ordered by component then slot.
         """
         kept_lengths, member_lengths = self._voxel_counts[kept], self._voxel_counts[members]
-        kept_pairs, member_pairs = (int(n) for n in torch.stack(
-            [kept_lengths.sum(), member_lengths.sum()]).tolist())  # sync: sizes
+        main_new_mid = new_of_old[self._by_slot_mid]
+        main_kept = (main_new_mid >= 0) & (main_new_mid < num_kept)
+        kept_pairs, member_pairs, main_kept_pairs = (int(n) for n in torch.stack(
+            [kept_lengths.sum(), member_lengths.sum(), main_kept.sum()]).tolist())  # sync
         kept_mids, position = _expand_segments(self._mask_ptr[kept], kept_lengths, kept_pairs)
         kept_slots = self._inc_slot[position]
         member, position = _expand_segments(self._mask_ptr[members], member_lengths,
@@ -740,14 +788,19 @@ class MaskGraph:
         group_index, group_slots = group_keys >> _KEY_SHIFT, group_keys & _SLOT_MASK
         mids = torch.cat([kept_mids, group_index + num_kept])
         slots = torch.cat([kept_slots, group_slots])
-        by_slot_new_mid = new_of_old[self._by_slot_mid]
-        by_slot_kept = torch.nonzero_static((by_slot_new_mid >= 0) & (by_slot_new_mid < num_kept),
-                                            size=kept_pairs).squeeze(1)
-        # Stable: within a slot the merged components stay in id order.
+        # Both join runs keep their kept pairs in order (sizes known: no compaction sync).
+        main_rows = torch.nonzero_static(main_kept, size=main_kept_pairs).squeeze(1)
+        delta_new_mid = new_of_old[self._delta_mid]
+        delta_rows = torch.nonzero_static((delta_new_mid >= 0) & (delta_new_mid < num_kept),
+                                          size=kept_pairs - main_kept_pairs).squeeze(1)
+        # Stable: within a slot the merged components stay in id order. Per slot, ids grow
+        # from the main run to the delta run to the components, and so does the merge order.
         sorted_slots, order = torch.sort(group_slots, stable=True)
-        by_slot, by_slot_mid = _merge_sorted(self._by_slot[by_slot_kept],
-                                             by_slot_new_mid[by_slot_kept],
-                                             sorted_slots, group_index[order] + num_kept)
+        newer_slots, newer_mids = _merge_sorted(self._delta_slot[delta_rows],
+                                                delta_new_mid[delta_rows], sorted_slots,
+                                                group_index[order] + num_kept)
+        by_slot, by_slot_mid = _merge_sorted(self._by_slot[main_rows], main_new_mid[main_rows],
+                                             newer_slots, newer_mids)
         return (mids, slots, by_slot, by_slot_mid), (group_index, group_slots)
 
     # ----------------------------------------------------------------- persistence
@@ -796,8 +849,9 @@ class MaskGraph:
             return sum(t.numel() * t.element_size() for t in tensors if t is not None)
         return {
             'observations': nbytes(self._active_bits, self._frozen_keys, self._frozen_words),
-            'incidence': nbytes(self._inc_mid, self._inc_slot, self._by_slot,
-                                self._by_slot_mid, self._voxel_counts, self._mask_ptr),
+            'incidence': nbytes(self._mid_buffer, self._slot_buffer, self._by_slot,
+                                self._by_slot_mid, self._delta_slot, self._delta_mid,
+                                self._voxel_counts, self._mask_ptr),
             'containment': nbytes(self._containment),
             'per_mask': nbytes(self._frames, self._weights, self._created, self._first_frame,
                                self._score_sum, self._features, self._descriptors,

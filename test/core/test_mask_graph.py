@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from onlineanyseg_ros.core import merging
+from onlineanyseg_ros.core import mask_graph, merging
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.mask_graph import MaskGraph
 
@@ -163,10 +163,16 @@ def check_same(graph, naive):
         voxel_sets[m].add(p)
     assert [voxel_sets[i] for i in range(len(naive.masks))] == [m.voxels for m in naive.masks]
     assert graph.voxel_counts.tolist() == [len(m.voxels) for m in naive.masks]
-    # The slot-sorted join index holds the same pairs, strictly by (slot, merged id).
-    by_slot = graph._by_slot * (graph.num_merged + 1) + graph._by_slot_mid
-    assert bool((by_slot[1:] > by_slot[:-1]).all())
-    assert sorted(zip(graph._by_slot.tolist(), graph._by_slot_mid.tolist())) == sorted(
+    # The slot-sorted join runs hold the same pairs, each strictly by (slot, merged id), the
+    # delta run's ids above the main run's.
+    for slots, mids in ((graph._by_slot, graph._by_slot_mid),
+                        (graph._delta_slot, graph._delta_mid)):
+        by_slot = slots * (graph.num_merged + 1) + mids
+        assert bool((by_slot[1:] > by_slot[:-1]).all())
+    if graph._delta_mid.numel() and graph._by_slot_mid.numel():
+        assert int(graph._delta_mid.min()) > int(graph._by_slot_mid.max())
+    assert sorted(zip(graph._by_slot.tolist() + graph._delta_slot.tolist(),
+                      graph._by_slot_mid.tolist() + graph._delta_mid.tolist())) == sorted(
         zip(graph._inc_slot.tolist(), graph._inc_mid.tolist()))
     shifts = torch.arange(63, device=graph.device)
     bits = ((graph._frames[:, :, None] >> shifts) & 1).flatten(1).cpu()
@@ -178,6 +184,17 @@ def check_same(graph, naive):
 @pytest.mark.parametrize('frames,max_masks,seed',
                          [(9, 5, 0), (9, 6, 1), (100, 2, 2), (200, 2, 3)])
 def test_query_a_merges_and_removals_match_naive_reference(device, frames, max_masks, seed):
+    _run_against_naive_reference(device, frames, max_masks, seed)
+
+
+def test_incidence_buffers_grow_and_stay_consistent(monkeypatch):
+    # Buffers without free room: every insert grows them (by doubling).
+    monkeypatch.setattr(mask_graph, '_MIN_PAIR_CAPACITY', 1)
+    monkeypatch.setattr(mask_graph, '_INCIDENCE_HEADROOM', 1 << 40)
+    _run_against_naive_reference('cpu', 60, 4, 11)
+
+
+def _run_against_naive_reference(device, frames, max_masks, seed):
     rng = random.Random(seed)
     config = SegmenterConfig(singleton_expiry_keyframes=6, visible_min_voxels=30)
     graph, naive = MaskGraph(config, device), NaiveGraph(config)
@@ -433,6 +450,7 @@ def test_pruning_inside_stage_one_matches_pruning_after_stage_two(device):
             assert torch.equal(folded.voxel_counts, ordered.voxel_counts)
             assert torch.equal(folded.containment, ordered.containment)
             assert torch.equal(folded._by_slot_mid, ordered._by_slot_mid)
+            assert torch.equal(folded._delta_mid, ordered._delta_mid)
     assert both_in_one_round >= 2
 
 
