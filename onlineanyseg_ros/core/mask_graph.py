@@ -447,7 +447,8 @@ class MaskGraph:
         delta_low = torch.searchsorted(self._delta_slot, slots)
         counts = main_counts + torch.searchsorted(self._delta_slot, slots, right=True) - delta_low
         owner, position = _expand_segments(low, counts, int(counts.sum()))
-        # Past its main count a position continues in the delta run.
+        # Past its main count a position continues in the delta run. (The main run is not
+        # empty here: a delta is merged in as soon as it outgrows a quarter of it.)
         beyond = position - (low + main_counts)[owner]
         in_main = beyond < 0
         main_ids = self._by_slot_mid[position.clamp_max(self._by_slot.numel() - 1)]
