@@ -5,7 +5,8 @@ Every ``--every``-th frame of a ScanNet-layout scene that has a label image unde
 as in the segmenter); then ``lift_masks`` runs ``--repeats`` times per keyframe after one
 warm-up call, and the median wall time (CUDA-synchronized) per keyframe is reported, with
 its median and maximum over the keyframes, the mean number of masks given and accepted per
-keyframe, and the dropped mask counts.
+keyframe, the dropped mask counts and, on CUDA, the host syncs per keyframe (counted on one
+more, untimed call per keyframe).
 
 The simulated masks of a synthetic room give about 9 masks per keyframe; a class-agnostic
 segmenter such as CropFormer over-segments and gives several times more. ``--target-masks
@@ -36,7 +37,7 @@ import torch
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.geometry import backproject
 from onlineanyseg_ros.core.lifting import lift_masks
-from onlineanyseg_ros.core.profiling import median_seconds
+from onlineanyseg_ros.core.profiling import HostSyncCounter, median_seconds
 from onlineanyseg_ros.data.scannet import ScanNetSequence
 from onlineanyseg_ros.perception.precomputed import read_mask_observation
 
@@ -167,11 +168,13 @@ def main() -> None:
                       oversegment(labels, args.target_masks, args.min_piece_pixels))
                      for stem, points, valid, labels in keyframes]
     seconds, results, given, accepted, dropped = [], {}, 0, 0, {}
+    syncs = HostSyncCounter(device)
     for stem, points, valid, labels in keyframes:
         given += int(torch.unique(labels[labels > 0]).numel())
         seconds.append(median_seconds(lambda: lift_masks(points, valid, labels, config),
                                       device, warmup=1, repeats=args.repeats))
-        frame = lift_masks(points, valid, labels, config)
+        with syncs.counting():  # an untimed call: counting slows the syncs
+            frame = lift_masks(points, valid, labels, config)
         results[stem] = key_sets(frame)
         accepted += frame.num_masks
         for reason, count in frame.dropped.items():
@@ -182,7 +185,9 @@ def main() -> None:
                'max_ms': 1e3 * max(seconds, default=0.0), 'total_s': sum(seconds),
                'masks_per_keyframe': given / max(1, len(keyframes)),
                'accepted_per_keyframe': accepted / max(1, len(keyframes)),
-               'accepted_masks': accepted, 'dropped': dropped}
+               'accepted_masks': accepted, 'dropped': dropped,
+               'host_syncs_per_keyframe': (syncs.count / max(1, len(keyframes))
+                                           if syncs.enabled else None)}
     if args.save:
         torch.save(results, args.save)
     if args.compare:

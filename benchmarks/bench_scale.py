@@ -56,16 +56,19 @@ at the quarter marks and the end ``max_memory_allocated``, ``memory_allocated`` 
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import time
+from typing import Optional
 
 import numpy as np
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.mask_graph import MaskGraph
+from onlineanyseg_ros.core.profiling import HostSyncCounter
 
 _WORD_BITS = 64  # keyframes per packed observation word of the baseline
 _VARIANTS = ('lenient', 'faithful')
@@ -97,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='no faithful sample after one that took longer (s)')
     parser.add_argument('--size-buckets', type=int, nargs=2, default=(1000, 2500),
                         metavar=('LOW', 'HIGH'), help='merged-mask counts splitting the ratios')
+    parser.add_argument('--count-syncs', action='store_true',
+                        help='count the host syncs of every insert and merge round (CUDA; '
+                             'counting slows each sync: take timings from a run without)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', default='bench_scale.json', help='output JSON path')
     args = parser.parse_args(argv)
@@ -349,17 +355,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, call, *args):
+def _timed(device: torch.device, call, *args, syncs: Optional[HostSyncCounter] = None):
     """Return ``(milliseconds, result)`` of ``call(*args)``, device-synchronised.
 
     The garbage collector is off inside (as in ``timeit``): a collection started by either
     side would otherwise walk the baseline's millions of sets inside someone's timer.
+    ``syncs``: counts the host syncs of the call (not the timer's own).
     """
     _synchronize(device)
     gc.disable()
     try:
         start = time.perf_counter()
-        result = call(*args)
+        with syncs.counting() if syncs is not None else contextlib.nullcontext():
+            result = call(*args)
         _synchronize(device)
         return (time.perf_counter() - start) * 1e3, result
     finally:
@@ -457,6 +465,7 @@ def run(args: argparse.Namespace) -> dict:
     log = {'insert_ms': [], 'merge_ms': [], 'generate_ms': [], 'num_merged': [],
            'samples': [], 'memory': {}, 'merge_stats': [], 'masks_per_keyframe': [],
            'world_slots': world.num_slots, 'faithful_stopped_at': None}
+    insert_syncs, merge_syncs = HostSyncCounter(device), HostSyncCounter(device)
     marks = {args.keyframes * q // 4: f'{q}/4' for q in (1, 2, 3)}
     marks[args.keyframes] = 'end'
     if device.type == 'cuda':
@@ -471,7 +480,8 @@ def run(args: argparse.Namespace) -> dict:
                                                            keyframe, log)
         elapsed, _ = _timed(device, graph.insert_frame, tensors['observed_slots'],
                             tensors['mask_slots'], tensors['mask_offsets'],
-                            tensors['features'], tensors['scores'])
+                            tensors['features'], tensors['scores'],
+                            syncs=insert_syncs if args.count_syncs else None)
         log['insert_ms'].append(elapsed)
         if timed:
             sample = {'frame': frame, 'num_merged': existing, 'ours_ms': elapsed,
@@ -483,7 +493,8 @@ def run(args: argparse.Namespace) -> dict:
         seen[tensors['observed_slots']] = True
         if (frame + 1) % config.merge_every_n_keyframes == 0:
             point_slots = torch.nonzero(seen).squeeze(1)
-            elapsed, stats = _timed(device, graph.merge_round, point_slots, None)
+            elapsed, stats = _timed(device, graph.merge_round, point_slots, None,
+                                    syncs=merge_syncs if args.count_syncs else None)
             log['merge_ms'].append(elapsed)
             log['merge_stats'].append(stats)
             if baseline is not None:
@@ -493,6 +504,9 @@ def run(args: argparse.Namespace) -> dict:
             log['memory'][marks[frame + 1]] = _memory_mark(graph, device)
     if baseline is not None:
         log['baseline_host_nbytes'] = int(baseline.obs.nbytes + baseline.frames.nbytes)
+    if args.count_syncs and insert_syncs.enabled:
+        log['syncs_per_insert'] = insert_syncs.count / args.keyframes
+        log['syncs_per_merge_round'] = merge_syncs.count / max(1, len(log['merge_ms']))
     return log
 
 
@@ -558,6 +572,8 @@ def summarize(args: argparse.Namespace, log: dict) -> dict:
         'baseline': summarize_baseline(args, log),
         'baseline_host_nbytes': log.get('baseline_host_nbytes'),
         'load_average': os.getloadavg()[0],
+        'syncs_per_insert': log.get('syncs_per_insert'),
+        'syncs_per_merge_round': log.get('syncs_per_merge_round'),
     }
 
 
@@ -628,6 +644,10 @@ def print_report(report: dict) -> None:
           f'final {report["num_merged_final"]}; merged by stage 1 '
           f'{report["merged_by_stage1"]}, stage 2 {report["merged_by_stage2"]}, pruned '
           f'{report["pruned"]}')
+    if report['syncs_per_insert'] is not None:
+        print(f'host syncs: {report["syncs_per_insert"]:.1f} per insert, '
+              f'{report["syncs_per_merge_round"]:.1f} per merge round (timings above include '
+              'the counting)')
     print_baseline(report)
     print_memory(report)
     print(f'load average {report["load_average"]:.2f}')

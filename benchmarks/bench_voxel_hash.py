@@ -18,12 +18,11 @@ import argparse
 import contextlib
 import json
 import statistics
-import warnings
 
 import torch
 from tqdm import tqdm
 
-from onlineanyseg_ros.core.profiling import latency_summary, StageTimer
+from onlineanyseg_ros.core.profiling import HostSyncCounter, latency_summary, StageTimer
 from onlineanyseg_ros.core.voxel_hash import voxel_keys, VoxelHash
 
 VOXEL_SIZE_M = 0.025
@@ -39,29 +38,6 @@ def frame_points(index: int, args: argparse.Namespace, device: torch.device) -> 
     y = (v - height / 2) / args.focal_px * args.depth_m
     z = args.depth_m + 0.2 * torch.sin(3.0 * x) * torch.cos(2.0 * y)
     return torch.stack((x, y, z), dim=-1).reshape(-1, 3)
-
-
-class SyncCounter:
-    """Count CUDA host syncs inside ``counting()`` blocks (nothing to count on the CPU)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.enabled = device.type == 'cuda'
-        self.count = 0
-
-    @contextlib.contextmanager
-    def counting(self):
-        """Add the host syncs of the block to ``count`` (``torch.cuda.set_sync_debug_mode``)."""
-        if not self.enabled:
-            yield
-            return
-        with warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter('always')
-            torch.cuda.set_sync_debug_mode('warn')
-            try:
-                yield
-            finally:
-                torch.cuda.set_sync_debug_mode('default')
-        self.count += sum('synchroniz' in str(record.message) for record in records)
 
 
 def main() -> None:
@@ -88,7 +64,7 @@ def main() -> None:
 
     timer = StageTimer(device)
     insert_ms, lookup_ms, new_keys = [], [], []
-    insert_syncs, lookup_syncs = SyncCounter(device), SyncCounter(device)
+    insert_syncs, lookup_syncs = HostSyncCounter(device), HostSyncCounter(device)
     sample_every = max(args.frames // max(args.sync_samples, 1), 1)
     for index in tqdm(range(args.frames), desc='frames', unit='frame'):
         keys = voxel_keys(frame_points(index, args, device), VOXEL_SIZE_M)

@@ -1,9 +1,10 @@
-"""Named, device-synchronized timing scopes for per-stage latency reports."""
+"""Device-synchronized timing scopes for per-stage latency reports; a host-sync counter."""
 
 from collections import defaultdict, deque
 import contextlib
 import time
 from typing import Callable, Deque, Dict, Iterable, Iterator
+import warnings
 
 import numpy as np
 import torch
@@ -58,6 +59,33 @@ class StageTimer:
         """Forget every sample."""
         self._samples.clear()
         self.last_ms.clear()
+
+
+class HostSyncCounter:
+    """Count CUDA host syncs inside ``counting()`` blocks (nothing to count on the CPU).
+
+    Every sync in a block emits a warning (``torch.cuda.set_sync_debug_mode('warn')``), which
+    slows the block: time the counted calls apart from the timed ones.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == 'cuda'
+        self.count = 0
+
+    @contextlib.contextmanager
+    def counting(self):
+        """Add the host syncs of the block to ``count`` (``torch.cuda.set_sync_debug_mode``)."""
+        if not self.enabled:
+            yield
+            return
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter('always')
+            torch.cuda.set_sync_debug_mode('warn')
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode('default')
+        self.count += sum('synchroniz' in str(record.message) for record in records)
 
 
 def median_seconds(function: Callable[[], object], device: torch.device, warmup: int = 1,
