@@ -1,0 +1,160 @@
+r"""Interleaved A/B timing of this checkout against an earlier revision, in one process.
+
+Separate runs of a benchmark on a shared GPU host differ by up to 2x (the launch-bound
+per-keyframe path follows the host CPU's speed and load), which hides changes of 10-30 %.
+This script imports the package of ``--baseline-rev`` under another name
+(``git archive`` into a temporary directory, ``onlineanyseg_ros`` renamed in its imports)
+next to the current one, feeds both the same inputs, alternates which one goes first on
+every keyframe, and reports both sides' medians from the same minutes of the same host.
+
+- ``scale``: ``MaskGraph`` on the ``bench_scale.py`` stream (inserts and a merge round
+  every 5 keyframes), and a check that both ends with the same merged masks;
+- ``segmenter``: ``OnlineSegmenter`` per stage on a ScanNet-format sequence with
+  precomputed masks (as ``bench_segmenter.py``), descriptor 'none'.
+
+    PYTHONPATH=. python benchmarks/bench_ab.py scale --baseline-rev cd7f808 --device cuda
+    PYTHONPATH=. python benchmarks/bench_ab.py segmenter --scene /tmp/s --masks /tmp/m \\
+        --baseline-rev cd7f808 --device cuda
+"""
+
+import argparse
+import importlib
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import bench_scale
+import numpy as np
+import torch
+from tqdm import tqdm
+
+PACKAGE = 'onlineanyseg_ros'
+BASELINE_PACKAGE = 'onlineanyseg_ros_baseline'
+
+
+def import_baseline(revision: str, workdir: str):
+    """Extract ``revision``'s package as ``BASELINE_PACKAGE`` and make it importable."""
+    root = pathlib.Path(workdir)
+    archive = subprocess.run(['git', 'archive', revision, PACKAGE], check=True,
+                             capture_output=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(root)], input=archive, check=True)
+    (root / PACKAGE).rename(root / BASELINE_PACKAGE)
+    pattern = re.compile(rf'\b{PACKAGE}\b')
+    for path in (root / BASELINE_PACKAGE).rglob('*.py'):
+        path.write_text(pattern.sub(BASELINE_PACKAGE, path.read_text()))
+    sys.path.insert(0, str(root))
+    return lambda module: importlib.import_module(f'{BASELINE_PACKAGE}.{module}')
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _timed_ms(device: torch.device, call, *args) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    call(*args)
+    _synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _orders(index: int):
+    """Alternate which side runs first."""
+    return ('current', 'baseline') if index % 2 else ('baseline', 'current')
+
+
+def run_scale(args, baseline) -> None:
+    """Interleave both mask graphs on the bench_scale stream; print their medians."""
+    from onlineanyseg_ros.core.config import SegmenterConfig
+    from onlineanyseg_ros.core.mask_graph import MaskGraph
+    device = torch.device(args.device)
+    stream = bench_scale.parse_args(['--keyframes', str(args.keyframes), '--baseline', 'none'])
+    world = bench_scale.SyntheticWorld(stream)
+    graphs = {'current': MaskGraph(SegmenterConfig(descriptor='none'), device),
+              'baseline': baseline('core.mask_graph').MaskGraph(
+                  baseline('core.config').SegmenterConfig(descriptor='none'), device)}
+    insert_ms = {name: [] for name in graphs}
+    merge_ms = {name: [] for name in graphs}
+    seen = torch.zeros(world.num_slots, dtype=torch.bool, device=device)
+    for frame in tqdm(range(args.keyframes), desc='keyframes', unit='kf'):
+        keyframe = bench_scale._to_device(world.keyframe(frame), device)
+        for name in _orders(frame):
+            insert_ms[name].append(_timed_ms(
+                device, graphs[name].insert_frame, keyframe['observed_slots'],
+                keyframe['mask_slots'], keyframe['mask_offsets'], keyframe['features'],
+                keyframe['scores']))
+        seen[keyframe['observed_slots']] = True
+        if (frame + 1) % 5 == 0:
+            point_slots = torch.nonzero(seen).squeeze(1)
+            for name in _orders(frame // 5):
+                merge_ms[name].append(_timed_ms(device, graphs[name].merge_round,
+                                                point_slots, None))
+    same = torch.equal(graphs['current'].merged_of_raw.cpu(),
+                       graphs['baseline'].merged_of_raw.cpu())
+    print(f'same merged masks on both sides: {same} ({graphs["current"].num_merged})')
+    window = min(100, args.keyframes)
+    for name in graphs:
+        inserts, merges = np.array(insert_ms[name]), np.array(merge_ms[name])
+        print(f'{name:<9} insert p50 first/last {window}: {np.median(inserts[:window]):.2f} / '
+              f'{np.median(inserts[-window:]):.2f} ms, all p50/p95 {np.median(inserts):.2f} / '
+              f'{np.percentile(inserts, 95):.2f} ms; merge round p50/p95 '
+              f'{np.median(merges):.2f} / {np.percentile(merges, 95):.2f} ms '
+              f'({len(merges)} rounds)')
+
+
+def run_segmenter(args, baseline) -> None:
+    """Interleave both segmenters frame by frame; print their per-stage medians."""
+    from onlineanyseg_ros.core.config import segmenter_config
+    from onlineanyseg_ros.core.segmenter import OnlineSegmenter
+    from onlineanyseg_ros.data.scannet import ScanNetSequence
+    from onlineanyseg_ros.perception.precomputed import read_mask_observation
+    sequence = ScanNetSequence(args.scene, max_frames=args.frames or None)
+    stems = dict(zip(sequence.frame_indices, sequence.stems))
+    overrides = {'descriptor': 'none'}
+    segmenters = {
+        'current': OnlineSegmenter(segmenter_config('default', overrides), device=args.device),
+        'baseline': baseline('core.segmenter').OnlineSegmenter(
+            baseline('core.config').segmenter_config('default', overrides),
+            device=args.device)}
+    for index, frame in enumerate(tqdm(sequence, desc='frames', unit='frame')):
+        masks = read_mask_observation(args.masks, stems[frame.frame_index])
+        for name in _orders(index):
+            segmenters[name].integrate(frame, masks)
+    summaries = {name: segmenter.timer.summary() for name, segmenter in segmenters.items()}
+    print(f'{"stage":<12}{"current p50 / p95 ms":>24}{"baseline p50 / p95 ms":>24}')
+    for stage, row in summaries['current'].items():
+        other = summaries['baseline'].get(stage)
+        if other:
+            print(f'{stage:<12}{row["p50_ms"]:>13.2f} / {row["p95_ms"]:<8.1f}'
+                  f'{other["p50_ms"]:>13.2f} / {other["p95_ms"]:<8.1f}')
+    print('merged masks: ' + ', '.join(f'{name} {segmenter.num_merged_masks}'
+                                       for name, segmenter in segmenters.items()))
+
+
+def main(argv=None) -> int:
+    """Run the chosen comparison; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('mode', choices=('scale', 'segmenter'))
+    parser.add_argument('--baseline-rev', required=True, help='git revision to compare with')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--keyframes', type=int, default=1500, help='scale: stream length')
+    parser.add_argument('--scene', help='segmenter: ScanNet-format sequence directory')
+    parser.add_argument('--masks', help='segmenter: precomputed mask directory')
+    parser.add_argument('--frames', type=int, default=300, help='segmenter: frames (0 = all)')
+    args = parser.parse_args(argv)
+    if args.mode == 'segmenter' and not (args.scene and args.masks):
+        parser.error('segmenter needs --scene and --masks')
+    with tempfile.TemporaryDirectory() as workdir:
+        baseline = import_baseline(args.baseline_rev, workdir)
+        (run_scale if args.mode == 'scale' else run_segmenter)(args, baseline)
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    raise SystemExit(main())
