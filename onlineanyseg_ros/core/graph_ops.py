@@ -20,6 +20,30 @@ _MAX_CODE = 1 << 62
 _JUMPS_PER_TEST = 8
 
 
+def count_values(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Int64 ``(size,)`` occurrences of each value of ``index`` (int64, in ``[0, size)``).
+
+    ``torch.bincount`` without its two host syncs on CUDA (it reads the min and max of the
+    input); as fast on CPU.
+    """
+    counts = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return counts.index_add_(0, index, index.new_ones(()).expand_as(index))
+
+
+def expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
+                    total: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Enumerate segments ``[starts[i], starts[i] + lengths[i])`` as flat int64 ``(total,)``.
+
+    Returns ``(owner, position)``: the segment index and the position of every element.
+    ``total`` must equal ``lengths.sum()``. (A binary search over the segment ends costs
+    fewer kernel launches than ``repeat_interleave``.)
+    """
+    ends = torch.cumsum(lengths, 0)
+    flat = torch.arange(total, device=starts.device)
+    owner = torch.searchsorted(ends, flat, right=True)
+    return owner, flat + (starts - ends + lengths)[owner]
+
+
 def _cell_codes(query_cells: torch.Tensor, query_batch: torch.Tensor,
                 reference_cells: torch.Tensor, reference_batch: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -289,13 +313,9 @@ def _knn_sums_exhaustive(points: torch.Tensor, batch: torch.Tensor, batch_sizes:
               - torch.nn.functional.pad(prefix, (1, 0))[[begin for begin, _ in chunks]]).tolist()
     for (begin, end), total in zip(chunks, totals):
         chunk_lengths = lengths[begin:end]
-        run_ends = torch.cumsum(chunk_lengths, 0)
-        flat = torch.arange(total, device=device)
-        owner = torch.searchsorted(run_ends, flat, right=True)
-        member = order.index_select(0, flat + (starts[begin:end] - run_ends
-                                               + chunk_lengths).index_select(0, owner))
+        owner, position = expand_segments(starts[begin:end], chunk_lengths, total)
         difference = (points.index_select(0, rows[begin:end].index_select(0, owner))
-                      - points.index_select(0, member))
+                      - points.index_select(0, order.index_select(0, position)))
         sums[begin:end] = _sum_smallest(owner, _squared_norm(difference).sqrt_(),
                                         chunk_lengths, need[begin:end])
     return sums
@@ -362,8 +382,9 @@ def knn_mean_distance(points: torch.Tensor, batch: torch.Tensor, k: int,
         pending = torch.nonzero(~enough).squeeze(1)
     if search == 'exhaustive' or (search == 'auto' and device.type == 'cuda'):
         if pending.numel():
-            sums = _knn_sums_exhaustive(points, batch, batch_sizes, pending, need[pending])
-            result[pending] = sums / need[pending].to(points.dtype)
+            pending_need = need[pending]
+            sums = _knn_sums_exhaustive(points, batch, batch_sizes, pending, pending_need)
+            result[pending] = sums / pending_need.to(points.dtype)
         return result
     radius = initial_radius
     while pending.numel() > 0:
@@ -443,8 +464,7 @@ def lattice_neighbors(cells: torch.Tensor, batch: torch.Tensor, num_batches: int
         0, index, cells, reduce='amin', include_self=False)
     upper = torch.zeros_like(lower).scatter_reduce_(0, index, cells, reduce='amax',
                                                     include_self=False)
-    present = torch.zeros(num_batches, dtype=torch.int64, device=device).index_add_(
-        0, batch, torch.ones_like(batch)) > 0
+    present = count_values(batch, num_batches) > 0
     extent = torch.where(present[:, None], upper - lower + 1 + 2 * reach, 0)
     total = sum(math.prod(sizes) for sizes in extent.tolist())
     if total >= _MAX_CODE:

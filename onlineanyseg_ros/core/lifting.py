@@ -17,9 +17,9 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import (connected_components, knn_initial_radius,
-                                             knn_mean_distance, lattice_neighbors,
-                                             lattice_offsets, radius_pairs,
+from onlineanyseg_ros.core.graph_ops import (connected_components, count_values,
+                                             knn_initial_radius, knn_mean_distance,
+                                             lattice_neighbors, lattice_offsets, radius_pairs,
                                              segment_mode)
 from onlineanyseg_ros.core.voxel_hash import pack_keys
 
@@ -70,16 +70,6 @@ class LiftedFrame:
 
 
 _DENSE_LABEL_LIMIT = 1 << 24
-
-
-def _count(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Int64 ``(size,)`` occurrences of each value of ``index`` (int64, in ``[0, size)``).
-
-    ``torch.bincount`` without its two host syncs on CUDA (it reads the min and max of the
-    input); as fast on CPU.
-    """
-    counts = torch.zeros(size, dtype=torch.int64, device=index.device)
-    return counts.index_add_(0, index, index.new_ones(()).expand_as(index))
 
 
 def _pixel_masks(labels: torch.Tensor, device: torch.device
@@ -175,7 +165,7 @@ def dbscan_largest_label(batch: torch.Tensor, num_batches: int, i: torch.Tensor,
 
     """
     num_points = batch.numel()
-    core = _count(i, num_points) + 1 >= min_points
+    core = count_values(i, num_points) + 1 >= min_points
     core_i, core_j = core.index_select(0, i), core.index_select(0, j)
     # Each pair comes in both orders: one order is enough for the components. The other
     # pairs become self-loops, which join nothing: no compaction (a host sync) here.
@@ -223,7 +213,7 @@ def statistical_inliers(points: torch.Tensor, batch: torch.Tensor, num_batches: 
     mean_distance = knn_mean_distance(points, batch, neighbors, initial_radius, candidates)
     positive = mean_distance > 0
     zero = torch.zeros_like(mean_distance)
-    counts = _count(batch, num_batches).to(points.dtype)
+    counts = count_values(batch, num_batches).to(points.dtype)
     sums = torch.zeros(num_batches, dtype=points.dtype, device=points.device)
     sums.index_add_(0, batch, torch.where(positive, mean_distance, zero))
     cloud_mean = sums / counts
@@ -268,7 +258,7 @@ def associate_voxels(points: torch.Tensor, batch: torch.Tensor, num_batches: int
             + squared[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
     covered = torch.zeros(num_batches, dtype=torch.float64, device=device)
     covered.index_add_(0, batch, hit.any(1).to(torch.float64))
-    coverage = covered / _count(batch, num_batches).to(torch.float64)
+    coverage = covered / count_values(batch, num_batches).to(torch.float64)
     flat = torch.nonzero(hit.reshape(-1)).squeeze(1)
     if flat.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64, device=device)
@@ -328,7 +318,7 @@ def lift_masks(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Te
     num_masks = mask_ids.numel()
     # Pixels without depth join the "no mask" index num_masks, which is never alive.
     mask_or_none = torch.where(valid.reshape(-1), mask_of_pixel, num_masks)
-    alive = _count(mask_or_none, num_masks + 1)[:num_masks] >= config.min_mask_pixels
+    alive = count_values(mask_or_none, num_masks + 1)[:num_masks] >= config.min_mask_pixels
     alive_after = [alive]
     alive_or_none = torch.cat((alive, alive.new_zeros(1)))
     kept_pixels = torch.nonzero(alive_or_none.index_select(0, mask_or_none)).squeeze(1)
@@ -338,14 +328,14 @@ def lift_masks(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Te
     cells, cell_mask, cell_ijk = voxel_downsample(
         points, mask_or_none.index_select(0, kept_pixels), num_masks, config.voxel_size_m)
     cells, cell_mask = _denoise(cells, cell_mask, cell_ijk, num_masks, config)
-    alive = alive & (_count(cell_mask, num_masks) >= config.min_mask_points)
+    alive = alive & (count_values(cell_mask, num_masks) >= config.min_mask_points)
     alive_after.append(alive)
     cells, cell_mask = _compress(alive.index_select(0, cell_mask), cells, cell_mask)
     pair_mask, pair_key, coverage = associate_voxels(
         cells, cell_mask, num_masks, config.voxel_size_m, config.query_radius_m)
     alive = alive & (coverage >= config.coverage_min)
     alive_after.append(alive)
-    alive = alive & (_count(pair_mask, num_masks) >= config.min_mask_points)
+    alive = alive & (count_values(pair_mask, num_masks) >= config.min_mask_points)
     alive_after.append(alive)
     observed_keys, pair_mask, pair_key, interior, sizes = _remove_boundary(
         pair_mask, pair_key, alive, num_masks)

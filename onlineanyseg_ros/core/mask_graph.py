@@ -36,7 +36,8 @@ import torch
 
 from onlineanyseg_ros.core import merging
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import connected_components
+from onlineanyseg_ros.core.graph_ops import (connected_components, count_values,
+                                             expand_segments)
 
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
@@ -48,20 +49,6 @@ _PAIR_VOXELS = 1 << 23  # bounds the (pair, voxel) elements of one visibility ch
 # (the pairs of the few keyframes until the next merge round).
 _INCIDENCE_HEADROOM = 8
 _MIN_PAIR_CAPACITY = 1 << 16
-
-
-def _expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
-                     total: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Enumerate segments ``[starts[i], starts[i] + lengths[i])`` as flat int64 ``(total,)``.
-
-    Returns ``(owner, position)``: the segment index and the position of every element.
-    ``total`` must equal ``lengths.sum()``. (A binary search over the segment ends costs
-    fewer kernel launches than ``repeat_interleave``.)
-    """
-    ends = torch.cumsum(lengths, 0)
-    flat = torch.arange(total, device=starts.device)
-    owner = torch.searchsorted(ends, flat, right=True)
-    return owner, flat + (starts - ends + lengths)[owner]
 
 
 def _merge_sorted(old_keys: torch.Tensor, old_values: torch.Tensor, new_keys: torch.Tensor,
@@ -442,11 +429,11 @@ class MaskGraph:
         low = torch.searchsorted(self._by_slot, slots)
         main_counts = torch.searchsorted(self._by_slot, slots, right=True) - low
         if not self._delta_slot.numel():
-            owner, position = _expand_segments(low, main_counts, int(main_counts.sum()))
+            owner, position = expand_segments(low, main_counts, int(main_counts.sum()))
             return owner, self._by_slot_mid[position]
         delta_low = torch.searchsorted(self._delta_slot, slots)
         counts = main_counts + torch.searchsorted(self._delta_slot, slots, right=True) - delta_low
-        owner, position = _expand_segments(low, counts, int(counts.sum()))
+        owner, position = expand_segments(low, counts, int(counts.sum()))
         # Past its main count a position continues in the delta run. (The main run is not
         # empty here: a delta is merged in as soon as it outgrows a quarter of it.)
         beyond = position - (low + main_counts)[owner]
@@ -458,7 +445,7 @@ class MaskGraph:
     def _mask_voxels(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return ``(index into ids, slot)`` for every voxel of the merged masks ``ids``."""
         lengths = self._voxel_counts[ids]
-        owner, position = _expand_segments(self._mask_ptr[ids], lengths, int(lengths.sum()))
+        owner, position = expand_segments(self._mask_ptr[ids], lengths, int(lengths.sum()))
         return owner, self._inc_slot[position]
 
     def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
@@ -532,8 +519,8 @@ class MaskGraph:
         while first < len(bounds):
             base = bounds[first - 1] if first else 0
             last = max(first + 1, bisect.bisect_right(bounds, base + _PAIR_VOXELS, first))
-            pair, position = _expand_segments(self._mask_ptr[seen[first:last]],
-                                              lengths[first:last], bounds[last - 1] - base)
+            pair, position = expand_segments(self._mask_ptr[seen[first:last]],
+                                             lengths[first:last], bounds[last - 1] - base)
             slots = self._inc_slot[position]
             observer = observers[first:last][pair]
             visible = self._frozen_visible(slots, observer)
@@ -546,7 +533,7 @@ class MaskGraph:
         """Bool ``(n,)``: a frozen word of ``slots[i]`` shares a frame with ``observer[i]``."""
         low = torch.searchsorted(self._frozen_keys, slots << _WORD_BITS)
         lengths = torch.searchsorted(self._frozen_keys, (slots + 1) << _WORD_BITS) - low
-        owner, entry = _expand_segments(low, lengths, int(lengths.sum()))  # sync: size
+        owner, entry = expand_segments(low, lengths, int(lengths.sum()))  # sync: size
         words = self._frozen_keys[entry] & _WORD_MASK
         shares = (self._frozen_words[entry] & self._frames[observer[owner], words]) != 0
         return self._long(slots.numel()).index_add_(0, owner, shares.to(torch.int64)) > 0
@@ -608,7 +595,7 @@ class MaskGraph:
         # Unknown slots land in a spare last row (no compaction: a host sync on CUDA).
         known = (point_slots >= 0) & (point_slots < rows)
         slots = torch.where(known, point_slots, rows)
-        counts = self._long(rows + 1).index_add_(0, slots, torch.ones_like(slots))[:rows]
+        counts = count_values(slots, rows + 1)[:rows]
         if point_features is None:
             return counts, None
         features = point_features.to(self.device, torch.float32)
@@ -780,10 +767,10 @@ class MaskGraph:
         main_kept = (main_new_mid >= 0) & (main_new_mid < num_kept)
         kept_pairs, member_pairs, main_kept_pairs = (int(n) for n in torch.stack(
             [kept_lengths.sum(), member_lengths.sum(), main_kept.sum()]).tolist())  # sync
-        kept_mids, position = _expand_segments(self._mask_ptr[kept], kept_lengths, kept_pairs)
+        kept_mids, position = expand_segments(self._mask_ptr[kept], kept_lengths, kept_pairs)
         kept_slots = self._inc_slot[position]
-        member, position = _expand_segments(self._mask_ptr[members], member_lengths,
-                                            member_pairs)
+        member, position = expand_segments(self._mask_ptr[members], member_lengths,
+                                           member_pairs)
         group_keys = torch.unique(((new_of_old[members][member] - num_kept) << _KEY_SHIFT)
                                   | self._inc_slot[position])
         group_index, group_slots = group_keys >> _KEY_SHIFT, group_keys & _SLOT_MASK
