@@ -25,7 +25,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 import bench_scale
 import numpy as np
@@ -50,19 +49,6 @@ def import_baseline(revision: str, workdir: str):
     return lambda module: importlib.import_module(f'{BASELINE_PACKAGE}.{module}')
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _timed_ms(device: torch.device, call, *args) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    call(*args)
-    _synchronize(device)
-    return (time.perf_counter() - start) * 1e3
-
-
 def _orders(index: int):
     """Alternate which side runs first."""
     return ('current', 'baseline') if index % 2 else ('baseline', 'current')
@@ -84,16 +70,16 @@ def run_scale(args, baseline) -> None:
     for frame in tqdm(range(args.keyframes), desc='keyframes', unit='kf'):
         keyframe = bench_scale._to_device(world.keyframe(frame), device)
         for name in _orders(frame):
-            insert_ms[name].append(_timed_ms(
+            insert_ms[name].append(bench_scale._timed(
                 device, graphs[name].insert_frame, keyframe['observed_slots'],
                 keyframe['mask_slots'], keyframe['mask_offsets'], keyframe['features'],
-                keyframe['scores']))
+                keyframe['scores'])[0])
         seen[keyframe['observed_slots']] = True
         if (frame + 1) % 5 == 0:
             point_slots = torch.nonzero(seen).squeeze(1)
             for name in _orders(frame // 5):
-                merge_ms[name].append(_timed_ms(device, graphs[name].merge_round,
-                                                point_slots, None))
+                merge_ms[name].append(bench_scale._timed(device, graphs[name].merge_round,
+                                                         point_slots, None)[0])
     same = torch.equal(graphs['current'].merged_of_raw.cpu(),
                        graphs['baseline'].merged_of_raw.cpu())
     print(f'same merged masks on both sides: {same} ({graphs["current"].num_merged})')
