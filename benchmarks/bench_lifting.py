@@ -20,6 +20,10 @@ that load:
     python benchmarks/bench_lifting.py /tmp/h12/scene /tmp/h12/masks --device cuda \
         --target-masks 50
 
+``--graph`` times ``lifting_graph.GraphLifter`` instead of ``lift_masks`` (on CUDA: one CUDA
+graph replay and one host sync per keyframe, capacities grown on the first keyframes, which
+the warm-up call absorbs) and reports its capture, regrowth and fallback counts.
+
 (``synth`` renders 640x480 by default; ``masks`` labels every 10th frame, so the scene above
 has 10 keyframes.) ``--save FILE`` writes the lifted key sets (a ``torch.save`` dict) and
 ``--compare FILE`` reports, per keyframe, the Jaccard similarity of each mask's voxel set
@@ -37,6 +41,7 @@ import torch
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.geometry import backproject
 from onlineanyseg_ros.core.lifting import lift_masks
+from onlineanyseg_ros.core.lifting_graph import GraphLifter
 from onlineanyseg_ros.core.profiling import HostSyncCounter, median_seconds
 from onlineanyseg_ros.data.scannet import ScanNetSequence
 from onlineanyseg_ros.perception.precomputed import read_mask_observation
@@ -155,6 +160,8 @@ def main() -> None:
                         help='over-segment every label image to about N masks (0 = off)')
     parser.add_argument('--min-piece-pixels', type=int, default=400,
                         help='smallest piece kept by --target-masks (pixels)')
+    parser.add_argument('--graph', action='store_true',
+                        help='time lifting_graph.GraphLifter instead of lift_masks')
     parser.add_argument('--save')
     parser.add_argument('--compare')
     args = parser.parse_args()
@@ -167,19 +174,27 @@ def main() -> None:
         keyframes = [(stem, points, valid,
                       oversegment(labels, args.target_masks, args.min_piece_pixels))
                      for stem, points, valid, labels in keyframes]
+    lifter = GraphLifter(config, device) if args.graph else None
+
+    def lift(points, valid, labels):
+        if lifter is not None:
+            return lifter(points, valid, labels)
+        return lift_masks(points, valid, labels, config)
+
     seconds, results, given, accepted, dropped = [], {}, 0, 0, {}
     syncs = HostSyncCounter(device)
     for stem, points, valid, labels in keyframes:
         given += int(torch.unique(labels[labels > 0]).numel())
-        seconds.append(median_seconds(lambda: lift_masks(points, valid, labels, config),
+        seconds.append(median_seconds(lambda: lift(points, valid, labels),
                                       device, warmup=1, repeats=args.repeats))
         with syncs.counting():  # an untimed call: counting slows the syncs
-            frame = lift_masks(points, valid, labels, config)
+            frame = lift(points, valid, labels)
         results[stem] = key_sets(frame)
         accepted += frame.num_masks
         for reason, count in frame.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
-    summary = {'device': str(device), 'threads': torch.get_num_threads(),
+    summary = {'device': str(device), 'lifter': 'graph' if args.graph else 'eager',
+               'threads': torch.get_num_threads(),
                'keyframes': len(keyframes),
                'median_ms': 1e3 * statistics.median(seconds) if seconds else None,
                'max_ms': 1e3 * max(seconds, default=0.0), 'total_s': sum(seconds),
@@ -188,6 +203,8 @@ def main() -> None:
                'accepted_masks': accepted, 'dropped': dropped,
                'host_syncs_per_keyframe': (syncs.count / max(1, len(keyframes))
                                            if syncs.enabled else None)}
+    if lifter is not None:
+        summary['graph_lifter'] = {**lifter.stats, 'capacities': lifter.capacities._asdict()}
     if args.save:
         torch.save(results, args.save)
     if args.compare:

@@ -153,6 +153,9 @@ class SegmenterConfig:
                                           '(largest component kept).', 0.0, 10.0)
     export_min_points_final: int = spec(200, 'An exported instance needs more points than this.',
                                         0, 10 ** 9)
+    cuda_graph_lifting: bool = spec(True, 'On a CUDA device, lift masks by replaying a CUDA '
+                                    'graph of fixed-size tensors (one host sync per keyframe; '
+                                    'same result); false = the eager path. No effect on the CPU.')
 
     def __post_init__(self) -> None:
         """Check every field's type and range, then cross-field rules."""

@@ -401,6 +401,9 @@ def _denoise(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torch.Tenso
     return _compress(inliers, cells, cell_mask)
 
 
+_SCRATCH_ROWS = 256
+
+
 @functools.lru_cache(maxsize=8)
 def _forward_offsets(max_gap: float, device: torch.device) -> torch.Tensor:
     """Return the forward half (after the zero offset) of ``lattice_offsets(2, max_gap)``.
@@ -432,33 +435,40 @@ def _forward_window(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torc
 
 
 def _window_candidates(neighbor: torch.Tensor, squared: torch.Tensor, keep: torch.Tensor,
-                       kept: torch.Tensor, k: int) -> torch.Tensor:
+                       kept: Optional[torch.Tensor], k: int) -> torch.Tensor:
     """Return each kept cell's ``k`` smallest distances to the kept cells of its window.
 
     ``keep`` bool ``(C,)`` marks the kept cells and ``kept`` int64 holds their rows
-    ascending. Forward offset ``c`` of ``H`` fills column ``H + 1 + c`` of the row and,
-    mirrored, column ``H - 1 - c`` of the neighbour's row (offsets are symmetric,
-    lexicographic); column ``H`` is the cell itself at distance 0. Float ``(kept, min(k,
-    2 H + 1))`` in any order, inf = none.
+    ascending (None: every row, where the rows of cells not kept hold only the cell itself).
+    Forward offset ``c`` of ``H`` fills column ``H + 1 + c`` of the row and, mirrored,
+    column ``H - 1 - c`` of the neighbour's row (offsets are symmetric, lexicographic);
+    column ``H`` is the cell itself at distance 0. Float ``(kept or C, min(k, 2 H + 1))``
+    in any order, inf = none.
     """
     num_cells, width = neighbor.shape
     keep_padded = torch.cat((keep, keep.new_zeros(1)))
     both = keep_padded.index_select(0, neighbor.reshape(-1)).reshape(neighbor.shape)
     # Float32 halves the memory traffic; the kNN is approximate anyway (see _denoise).
     distance = torch.where(both & keep[:, None], squared, math.inf).to(torch.float32)
-    # Row num_cells absorbs the mirror writes of absent neighbours.
-    full = torch.empty((num_cells + 1, 2 * width + 1), dtype=torch.float32,
+    # Rows from num_cells on absorb the mirror writes of absent neighbours, spread over
+    # _SCRATCH_ROWS rows: stores to one row would serialize on the GPU.
+    full = torch.empty((num_cells + _SCRATCH_ROWS, 2 * width + 1), dtype=torch.float32,
                        device=squared.device)
-    full[:, :width] = math.inf
-    full[:, width] = 0.0
+    full[:, :width].fill_(math.inf)
+    full[:, width].fill_(0.0)
     full[:num_cells, width + 1:] = distance
     mirror = torch.arange(width - 1, -1, -1, device=neighbor.device)
+    scratch = num_cells + (torch.arange(num_cells, device=neighbor.device)
+                           & (_SCRATCH_ROWS - 1))
+    target_row = torch.where(neighbor == num_cells, scratch[:, None], neighbor)
     # add() multiplies in the int64 of mirror: the int32 neighbour rows cannot overflow.
-    slots = torch.add(mirror, neighbor, alpha=2 * width + 1)
+    slots = torch.add(mirror, target_row, alpha=2 * width + 1)
     full.view(-1)[slots.reshape(-1)] = distance.reshape(-1)
     nearest = full[:num_cells].topk(min(k, 2 * width + 1), dim=1, largest=False,
                                     sorted=False).values
-    return nearest.index_select(0, kept).to(squared.dtype).sqrt_()
+    if kept is not None:
+        nearest = nearest.index_select(0, kept)
+    return nearest.to(squared.dtype).sqrt_()
 
 
 def _remove_boundary(pair_mask: torch.Tensor, pair_key: torch.Tensor, lifted: torch.Tensor,

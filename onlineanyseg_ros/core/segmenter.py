@@ -20,6 +20,7 @@ from onlineanyseg_ros.core.export import export_instances, ExportedMap
 from onlineanyseg_ros.core.geometry import backproject, camera_center
 from onlineanyseg_ros.core.greedy_merger import GreedyOverlapMerger
 from onlineanyseg_ros.core.lifting import lift_masks
+from onlineanyseg_ros.core.lifting_graph import GraphLifter, supports
 from onlineanyseg_ros.core.mask_graph import MaskGraph
 from onlineanyseg_ros.core.profiling import StageTimer
 from onlineanyseg_ros.core.surface_map import SurfaceMap
@@ -52,7 +53,15 @@ class OnlineSegmenter:
         self.config = config or SegmenterConfig()
         self.device = torch.device(device)
         self.timer = StageTimer(self.device)
+        self._configure()
+
+    def _configure(self) -> None:
+        """Build what depends on the config only (descriptor, lifter), then reset the map."""
         self._descriptor = make_descriptor(self.config, self.device)
+        # The lifter's graph and capacities depend on the image size, not on the map.
+        self._lifter = (GraphLifter(self.config, self.device)
+                        if self.config.cuda_graph_lifting and self.device.type == 'cuda'
+                        and supports(self.config) else None)
         self.reset()
 
     def reset(self) -> None:
@@ -100,7 +109,10 @@ class OnlineSegmenter:
                              f'{frame.depth.shape}')
         with self.timer.scope('lift'):
             labels = torch.from_numpy(masks.labels.astype(np.int64)).to(self.device)
-            lifted = lift_masks(points, valid, labels, config)
+            if self._lifter is not None:
+                lifted = self._lifter(points, valid, labels)
+            else:
+                lifted = lift_masks(points, valid, labels, config)
         with self.timer.scope('insert'):
             inserted = self._insert(lifted, masks)
         self.insertions += 1
@@ -173,8 +185,7 @@ class OnlineSegmenter:
         """Restore a map written by ``save`` (config included)."""
         state = torch.load(pathlib.Path(directory) / STATE_FILE, map_location=self.device)
         self.config = config_from_dict(SegmenterConfig, state['config'])
-        self._descriptor = make_descriptor(self.config, self.device)
-        self.reset()
+        self._configure()
         self._hash.insert(state['hash_keys'].to(self.device))
         self._surface.load_state_dict(state['surface'])
         self._graph.load_state_dict(state['graph'])

@@ -1,4 +1,4 @@
-"""Lifting and geometry against naive numpy / scipy references (Open3D semantics)."""
+"""Lifting and geometry against naive references (Open3D semantics); lifting_graph against it."""
 
 from collections import Counter
 import dataclasses
@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from onlineanyseg_ros.core import lifting_graph
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.geometry import backproject, camera_center, transform_points
 from onlineanyseg_ros.core.graph_ops import lattice_offsets, radius_pairs
 from onlineanyseg_ros.core.lifting import (_denoise, _forward_window, associate_voxels,
                                            dbscan_largest_label, DROP_REASONS, lift_masks,
                                            statistical_inliers, voxel_downsample)
+from onlineanyseg_ros.core.lifting_graph import (Capacities, GraphLifter, lift_padded,
+                                                 STATUS_FIELDS, supports)
 from onlineanyseg_ros.core.voxel_hash import unpack_keys
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -495,3 +499,156 @@ def test_denoise_agrees_with_exact_knn_on_surfaces():
     assert len(exact) > 5000 and 0 < len(cells) - len(exact)
     assert len(exact ^ window) <= 0.01 * len(exact)
     assert torch.equal(torch.bincount(kept_mask, minlength=4) > 0, torch.ones(4, dtype=bool))
+
+
+# ---------------------------------------------------------------- fixed-size lifting (CUDA graphs)
+
+SMALL = Capacities(cells=512, edges=256, pending=16, pairs=1024, far=2, far_pairs=64)
+ROOMY = Capacities(cells=1 << 13, edges=1 << 16, pending=1 << 10, pairs=1 << 20, far=1 << 10,
+                   far_pairs=1 << 18)
+
+
+def _tensors(points, valid, labels, device='cpu'):
+    return (torch.tensor(points, dtype=torch.float32, device=device),
+            torch.tensor(valid, device=device), torch.tensor(labels, device=device))
+
+
+def assert_same_frame(got, expected):
+    for name in ('labels', 'observed_keys', 'mask_keys', 'mask_offsets'):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert got.dropped == expected.dropped
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_padded_lifting_equals_lift_masks_and_grows_its_capacities(seed):
+    inputs = _tensors(*synthetic_frame(seed=seed))
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), SMALL)
+    frame = lifter(*inputs)
+    expected = lift_masks(*inputs, CONFIG)
+    assert_same_frame(frame, expected)
+    assert expected.num_masks >= 4
+    # Every capacity was too small for the frame: each one grew, with headroom.
+    assert lifter.stats['regrowths'] >= 1 and lifter.stats['fallbacks'] == 0
+    assert all(grown > small for grown, small in zip(lifter.capacities, SMALL))
+    status = dict(zip(STATUS_FIELDS, lift_padded(*inputs, CONFIG, lifter.capacities)
+                      .status.tolist()))
+    assert status['cells'] <= lifter.capacities.cells < 2 * 1.25 * status['cells']
+    # Both exact kNN tiers ran: columns, and whole masks for the sparse mask's cells.
+    assert status['pending'] > status['far'] > 0
+    # The next frame fits: no regrowth.
+    regrowths = lifter.stats['regrowths']
+    assert_same_frame(lifter(*inputs), expected)
+    assert lifter.stats['regrowths'] == regrowths
+
+
+@pytest.mark.parametrize('changes', [
+    {'outlier_neighbors': 0},
+    {'min_voxels_after_boundary': 0, 'denoise_min_neighbors': 1},
+    {'query_radius_m': 0.008, 'coverage_min': 0.9},
+    {'outlier_neighbors': 3, 'outlier_std_ratio': 0.5, 'min_mask_points': 40},
+])
+def test_padded_lifting_follows_every_threshold(changes):
+    config = dataclasses.replace(CONFIG, **changes)
+    inputs = _tensors(*synthetic_frame(seed=4))
+    assert_same_frame(GraphLifter(config, torch.device('cpu'), SMALL)(*inputs),
+                      lift_masks(*inputs, config))
+
+
+@pytest.mark.parametrize('case', ['invalid_depth', 'no_labels', 'empty_image', '399_pixels',
+                                  '400_pixels'])
+def test_padded_lifting_edge_cases(case):
+    points, valid, labels = synthetic_frame(seed=3)
+    if case == 'invalid_depth':
+        valid = np.zeros_like(valid)
+    elif case == 'no_labels':
+        labels = np.zeros_like(labels)
+    elif case == 'empty_image':
+        points, valid, labels = points[:0], valid[:0], labels[:0]
+    else:
+        points, valid, labels = _pixel_grid_frame(int(case[:3]))
+    inputs = _tensors(points, valid, labels)
+    assert_same_frame(GraphLifter(CONFIG, torch.device('cpu'), SMALL)(*inputs),
+                      lift_masks(*inputs, CONFIG))
+
+
+def test_labels_past_the_label_capacity_fall_back_to_lift_masks():
+    points, valid, labels = synthetic_frame(seed=2)
+    labels = np.where(labels > 0, labels.astype(np.int64) << 20, 0)
+    inputs = _tensors(points, valid, labels)
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), SMALL)
+    frame = lifter(*inputs)
+    assert lifter.stats['fallbacks'] == 1
+    assert frame.labels.tolist()[0] >= 1 << 20
+    assert_same_frame(frame, lift_masks(*inputs, CONFIG))
+
+
+def test_unconverged_components_fall_back_to_lift_masks(monkeypatch):
+    inputs = _tensors(*synthetic_frame(seed=0))
+    monkeypatch.setattr(lifting_graph, 'COMPONENT_ROUNDS', 0)
+    padded = lift_padded(*inputs, CONFIG, ROOMY)
+    status = dict(zip(STATUS_FIELDS, padded.status.tolist()))
+    assert status['not_converged'] == 1
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), SMALL)
+    assert_same_frame(lifter(*inputs), lift_masks(*inputs, CONFIG))
+    assert lifter.stats['fallbacks'] >= 1
+
+
+def test_wide_masks_fall_back_to_lift_masks():
+    points, valid, labels = synthetic_frame(seed=1)
+    # One mask 1 km wide: its cells do not fit 15-bit coordinates.
+    points = points.copy()
+    points[labels == 1] *= np.where(np.arange(labels.size)[labels.reshape(-1) == 1, None] % 2,
+                                    1.0, 1000.0)
+    inputs = _tensors(points, valid, labels)
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), SMALL)
+    assert_same_frame(lifter(*inputs), lift_masks(*inputs, CONFIG))
+    assert lifter.stats['fallbacks'] == 1
+
+
+class _DataDependentOps(TorchDispatchMode):
+    """Record operators whose output size or result needs the host to read device data."""
+
+    NAMES = ('nonzero', 'unique', '_unique2', 'unique_consecutive', 'unique_dim',
+             'masked_select', '_local_scalar_dense', 'is_nonzero', 'equal', 'bincount',
+             'repeat_interleave', 'item')
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split('.')[0]
+        if name in self.NAMES:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_padded_lifting_never_reads_device_data_on_the_host():
+    inputs = _tensors(*synthetic_frame(seed=0))
+    with _DataDependentOps() as recorder:
+        padded = lift_padded(*inputs, CONFIG, ROOMY)
+    assert recorder.seen == []
+    # The same recorder sees those of lift_masks (it would catch a regression).
+    with _DataDependentOps() as recorder:
+        lift_masks(*inputs, CONFIG)
+    assert 'nonzero' in recorder.seen
+    assert padded.status.shape == (len(STATUS_FIELDS),)
+
+
+def test_supports_needs_eps_inside_the_cell_window():
+    assert supports(CONFIG)
+    wide = dataclasses.replace(CONFIG, query_radius_m=2 * CONFIG.voxel_size_m)
+    assert not supports(wide)
+    with pytest.raises(ValueError, match='query_radius_m'):
+        GraphLifter(wide, torch.device('cpu'))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs need a GPU')
+def test_cuda_graph_replays_equal_lift_masks_across_frames_and_regrowth():
+    device = torch.device('cuda')
+    lifter = GraphLifter(CONFIG, device, SMALL)
+    for seed in (0, 1, 2, 0):
+        inputs = _tensors(*synthetic_frame(seed=seed), device=device)
+        assert_same_frame(lifter(*inputs), lift_masks(*inputs, CONFIG))
+    assert lifter.stats['captures'] >= 2 and lifter.stats['replays'] >= 4
+    assert lifter.stats['fallbacks'] == 0

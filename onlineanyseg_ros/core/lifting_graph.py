@@ -1,0 +1,605 @@
+"""Lifting in fixed-size tensors, so that one CUDA graph replays a whole keyframe.
+
+``lifting.lift_masks`` compacts its tensors after every data-dependent step, and every
+compaction reads a size back to the host: 39 host syncs and about 470 operator launches per
+keyframe at 50 masks, which leaves the GPU idle most of the time. ``lift_padded`` computes
+the same result with tensor sizes that depend only on the image size and a few capacities:
+
+- masks are indexed by their label value (``LABEL_CAPACITY`` ids; id 0 is "no mask");
+- points become cells by sorting packed (mask, cell) codes of every pixel; the first
+  ``cell_capacity`` cells are kept, later rows are padding;
+- window neighbours come from a ``searchsorted`` over the sorted cell codes;
+- DBSCAN's components take a fixed number of hook-and-jump rounds over at most
+  ``edges`` core-core edges and report whether they converged;
+- the exact kNN of the cells whose window holds too few candidates enumerates at most
+  ``pair_capacity`` (cell, mask cell) pairs for at most ``pending_capacity`` cells;
+- compactions write into buffers of a known size and return their counts on the device.
+
+Results are equal to ``lift_masks`` (up to the float summation order of the kNN sums), and
+a status vector says whether a capacity was too small or a packed code out of range.
+``GraphLifter`` captures ``lift_padded`` in a CUDA graph per capacity set, replays it per
+keyframe with one host sync (the status and output sizes), grows the capacities and
+recaptures when a frame needs more, and falls back to ``lift_masks`` when the packed codes
+cannot represent a frame.
+"""
+
+import math
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+
+from onlineanyseg_ros.core.config import SegmenterConfig
+from onlineanyseg_ros.core.graph_ops import count_values, expand_segments
+from onlineanyseg_ros.core.lifting import (_forward_offsets, _window_candidates,
+                                           DROP_REASONS, lift_masks, LiftedFrame)
+from onlineanyseg_ros.core.voxel_hash import pack_keys
+
+# Label values index the per-mask tensors directly (mono16 label images).
+LABEL_CAPACITY = 1 << 16
+# Packed codes: mask id (16 bits) << 45 | three 15-bit coordinates.
+_AXIS_BITS = 15
+_AXIS_MASK = (1 << _AXIS_BITS) - 1
+_MASK_SHIFT = 3 * _AXIS_BITS
+# Window offsets reach 2 cells: coordinates are stored shifted by 2 so that neighbours of a
+# valid cell never borrow from another field.
+_WINDOW_SHIFT = 2
+_SENTINEL = (1 << 63) - 1
+_SCRATCH = 1024
+# Half width (cells along x and y) of the column searched for the kNN of cells whose window
+# holds too few cells.
+_SLAB_CELLS = 6
+# Hook-and-jump rounds of DBSCAN's components (a round: one hook, _JUMPS jumps).
+COMPONENT_ROUNDS = 8
+_JUMPS = 8
+
+STATUS_FIELDS = ('accepted', 'mask_keys', 'observed_keys', *DROP_REASONS, 'cells', 'edges',
+                 'pending', 'pairs', 'far', 'far_pairs', 'label_out_of_range', 'cell_out_of_range',
+                 'voxel_out_of_range', 'not_converged')
+
+
+class Capacities(NamedTuple):
+    """Fixed tensor sizes of ``lift_padded`` (rows)."""
+
+    cells: int = 1 << 16
+    edges: int = 1 << 19
+    pending: int = 1 << 12
+    pairs: int = 1 << 21
+    far: int = 1 << 8
+    far_pairs: int = 1 << 20
+
+
+class PaddedLift(NamedTuple):
+    """Fixed-size outputs of ``lift_padded``; the first counts of each buffer are valid.
+
+    Attributes:
+        labels: int64 ``(LABEL_CAPACITY,)``: accepted label ids ascending, then padding.
+        mask_offsets: int64 ``(LABEL_CAPACITY + 1,)``: offsets of the accepted masks.
+        mask_keys: int64 ``(V,)``: post-boundary keys, mask by mask, then padding.
+        observed_keys: int64 ``(V,)``: sorted unique pre-boundary keys, then padding.
+        status: int64 ``(len(STATUS_FIELDS),)``, in ``STATUS_FIELDS`` order.
+    """
+
+    labels: torch.Tensor
+    mask_offsets: torch.Tensor
+    mask_keys: torch.Tensor
+    observed_keys: torch.Tensor
+    status: torch.Tensor
+
+
+def supports(config: SegmenterConfig) -> bool:
+    """Whether ``lift_padded`` handles ``config``: DBSCAN's eps must fit the cell window."""
+    return config.query_radius_m < 2.0 * config.voxel_size_m * (1.0 - 1e-9)
+
+
+def _target(index: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
+    """Return ``index`` where ``keep``, else one of ``_SCRATCH`` slots from ``size`` on.
+
+    Reductions and scatters of fixed-size tensors carry many masked entries (padding rows,
+    repeated codes): sent to a single dump slot, their atomics would serialize on one
+    address. Spread over scratch slots, they cost as much as the real entries.
+    """
+    scratch = size + (torch.arange(index.numel(), device=index.device) & (_SCRATCH - 1))
+    return torch.where(keep, index, scratch)
+
+
+def _counts(index: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
+    """Int64 ``(size,)`` occurrences of each value of ``index[keep]``."""
+    return count_values(_target(index, keep, size), size + _SCRATCH)[:size]
+
+
+def _sums(index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor,
+          size: int) -> torch.Tensor:
+    """``(size,)`` sums of ``values[keep]`` per ``index[keep]``, added in entry order."""
+    sums = torch.zeros(size + _SCRATCH, dtype=values.dtype, device=values.device)
+    return sums.index_add_(0, _target(index, keep, size),
+                           torch.where(keep, values, 0))[:size]
+
+
+def _compact(keep: torch.Tensor, values: torch.Tensor, capacity: int,
+             fill: int) -> torch.Tensor:
+    """Write ``values[keep]`` in order into ``(capacity,)`` (``fill`` after); no host sync.
+
+    Rows past the capacity are dropped; callers detect that from ``keep.sum()``.
+    """
+    position = torch.cumsum(keep, 0) - 1
+    target = _target(position, keep & (position < capacity), capacity)
+    out = torch.full((capacity + _SCRATCH,), fill, dtype=values.dtype, device=values.device)
+    return out.scatter_(0, target, values)[:capacity]
+
+
+def _runs(sorted_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return bool ``first`` of each run of equal sorted values and each entry's run id."""
+    first = torch.ones_like(sorted_values, dtype=torch.bool)
+    first[1:] = sorted_values[1:] != sorted_values[:-1]
+    return first, torch.cumsum(first, 0) - 1
+
+
+def _pack(mask: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """Pack int64 mask ids ``(N,)`` and coordinates ``(N, 3)`` in ``[0, 2^15)`` into codes."""
+    return ((mask << _MASK_SHIFT) | (xyz[:, 0] << (2 * _AXIS_BITS)) | (xyz[:, 1] << _AXIS_BITS)
+            | xyz[:, 2])
+
+
+def _unpack(codes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Invert ``_pack``: mask ids ``(N,)`` and coordinates ``(N, 3)``."""
+    xyz = torch.stack(((codes >> (2 * _AXIS_BITS)) & _AXIS_MASK,
+                       (codes >> _AXIS_BITS) & _AXIS_MASK, codes & _AXIS_MASK), dim=1)
+    return codes >> _MASK_SHIFT, xyz
+
+
+def _components(num_nodes: int, i: torch.Tensor, j: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``COMPONENT_ROUNDS`` rounds of ``graph_ops.connected_components`` (uncompacted).
+
+    Returns the labels and a bool scalar: whether they are the fixed point (every label a
+    root, both ends of every edge on one label), where they equal the smallest node index
+    of each component.
+    """
+    labels = torch.arange(num_nodes, dtype=torch.int64, device=i.device)
+    for _ in range(COMPONENT_ROUNDS):
+        label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
+        labels = labels.scatter_reduce(0, torch.maximum(label_i, label_j),
+                                       torch.minimum(label_i, label_j), reduce='amin')
+        for _ in range(_JUMPS):
+            labels = labels.index_select(0, labels)
+    roots = labels.index_select(0, labels) == labels
+    joined = labels.index_select(0, i) == labels.index_select(0, j)
+    return labels, roots.all() & joined.all()
+
+
+def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor,
+                  num_segments: int, num_values: int) -> torch.Tensor:
+    """``graph_ops.segment_mode`` of the ``live`` entries, by sorting instead of ``unique``.
+
+    Returns int64 ``(num_segments,)`` modes (ties: the smallest value; ``num_values`` for a
+    segment without live entries).
+    """
+    codes = torch.where(live, segment * num_values + value, _SENTINEL)
+    sorted_codes, _ = torch.sort(codes)
+    _, run = _runs(sorted_codes)
+    sorted_live = sorted_codes != _SENTINEL
+    run_length = _counts(run, sorted_live, codes.numel()).index_select(0, run)
+    code_segment = torch.div(sorted_codes, num_values, rounding_mode='floor')
+    best = torch.zeros(num_segments + _SCRATCH, dtype=torch.int64, device=codes.device)
+    best.scatter_reduce_(0, _target(code_segment, sorted_live, num_segments), run_length,
+                         reduce='amax')
+    is_best = sorted_live & (run_length == best.index_select(
+        0, torch.where(sorted_live, code_segment, 0)))
+    mode = torch.full((num_segments + _SCRATCH,), num_values, dtype=torch.int64,
+                      device=codes.device)
+    return mode.scatter_reduce_(0, _target(code_segment, is_best, num_segments),
+                                sorted_codes % num_values, reduce='amin')[:num_segments]
+
+
+def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
+                config: SegmenterConfig, capacities: Capacities) -> PaddedLift:
+    """``lifting.lift_masks`` without a host sync: every tensor size is fixed.
+
+    Same steps and thresholds as ``lift_masks`` (see its docstring); ``supports(config)``
+    must hold. Status flags (``STATUS_FIELDS``): ``cells``, ``edges``, ``pending`` and
+    ``pairs`` are the sizes the frame needed (results are wrong when one exceeds its capacity);
+    ``label_out_of_range`` (a label >= ``LABEL_CAPACITY``), ``cell_out_of_range`` (a mask
+    wider than 2^15 - 5 cells), ``voxel_out_of_range`` (the frame's voxels wider than 2^15
+    - 1) and ``not_converged`` (DBSCAN's components) make the results wrong too.
+
+    Args:
+        points_world: float ``(H, W, 3)`` world points (m).
+        valid: bool ``(H, W)`` pixels with usable depth.
+        labels: int ``(H, W)`` mask ids, 0 (or negative) = none.
+        config: thresholds.
+        capacities: fixed sizes.
+
+    Returns:
+        ``PaddedLift`` on the device of ``points_world``.
+
+    """
+    device = points_world.device
+    voxel_size, eps = config.voxel_size_m, config.query_radius_m
+    num_cells = capacities.cells
+    flat_labels = labels.reshape(-1).to(device=device, dtype=torch.int64)
+    label_out_of_range = (flat_labels >= LABEL_CAPACITY).any()
+    mask_of_pixel = flat_labels.clamp(0, LABEL_CAPACITY - 1)
+    labelled = mask_of_pixel > 0
+    present = _counts(mask_of_pixel, labelled, LABEL_CAPACITY) > 0
+    pixel_valid = valid.reshape(-1) & labelled
+    alive = (_counts(mask_of_pixel, pixel_valid, LABEL_CAPACITY) >= config.min_mask_pixels)
+    alive_after = [present, alive]
+
+    # (b) voxel downsample: cells of each mask's own grid, anchored at its minimum.
+    pixel_alive = pixel_valid & alive.index_select(0, mask_of_pixel)
+    points = points_world.reshape(-1, 3).to(torch.float64)
+    lower = torch.full((LABEL_CAPACITY + _SCRATCH, 3), math.inf, dtype=torch.float64,
+                       device=device)
+    lower.scatter_reduce_(0, _target(mask_of_pixel, pixel_alive, LABEL_CAPACITY)[:, None]
+                          .expand(-1, 3), points, reduce='amin')
+    anchor = lower[:LABEL_CAPACITY] - 0.5 * voxel_size
+    local = torch.floor((points - anchor.index_select(0, mask_of_pixel)) / voxel_size)
+    limit = _AXIS_MASK - 2 * _WINDOW_SHIFT
+    local = torch.where(pixel_alive[:, None], local, 0.0)
+    cell_out_of_range = (local > limit).any()
+    local = local.clamp(0, limit).to(torch.int64) + _WINDOW_SHIFT
+    pixel_code = torch.where(pixel_alive, _pack(mask_of_pixel, local), _SENTINEL)
+    sorted_code, order = torch.sort(pixel_code)
+    first, cell_of_sorted = _runs(sorted_code)
+    needed_cells = (first & (sorted_code != _SENTINEL)).sum()
+    cell_of_pixel = torch.empty_like(cell_of_sorted).scatter_(0, order, cell_of_sorted)
+    in_cell = pixel_alive & (cell_of_pixel < num_cells)
+    # Summed in pixel order, as lift_masks does: the same float rounding on the CPU.
+    sums = torch.zeros((num_cells + _SCRATCH, 3), dtype=torch.float64, device=device)
+    sums.index_add_(0, _target(cell_of_pixel, in_cell, num_cells),
+                    torch.where(in_cell[:, None], points, 0.0))
+    counts = _counts(cell_of_pixel, in_cell, num_cells)
+    cell_code = torch.full((num_cells + _SCRATCH,), _SENTINEL, dtype=torch.int64,
+                           device=device)
+    cell_code.scatter_(0, _target(cell_of_sorted, first & (cell_of_sorted < num_cells),
+                                  num_cells), sorted_code)
+    cell_code = cell_code[:num_cells]
+    live = cell_code != _SENTINEL
+    cell_mask, _ = _unpack(torch.where(live, cell_code, 0))
+    cells = sums[:num_cells] / torch.where(live, counts, 1)[:, None].to(torch.float64)
+
+    # (c) DBSCAN on the window of forward offsets, (d) statistical outlier removal.
+    forward = _forward_offsets(max(1.0, eps / voxel_size), device)
+    offset_code = (forward[:, 0] << (2 * _AXIS_BITS)) + (forward[:, 1] << _AXIS_BITS) \
+        + forward[:, 2]
+    wanted = torch.where(live[:, None], cell_code[:, None] + offset_code, -1)
+    slot = torch.searchsorted(cell_code, wanted).clamp_(max=num_cells - 1)
+    neighbor = torch.where(cell_code.index_select(0, slot.reshape(-1)).reshape(slot.shape)
+                           == wanted, slot, num_cells)
+    flat = neighbor.reshape(-1)
+    squared = torch.zeros(neighbor.shape, dtype=torch.float64, device=device)
+    padding = torch.full((1,), math.inf, dtype=torch.float64, device=device)
+    for axis in cells.unbind(1):
+        padded = torch.cat((axis, padding))
+        difference = padded.index_select(0, flat).reshape(neighbor.shape) - axis[:, None]
+        squared.addcmul_(difference, difference)
+    within = squared <= eps * eps
+    row = torch.arange(num_cells, device=device)[:, None].expand_as(neighbor).reshape(-1)
+    other = torch.where(within.reshape(-1), flat, num_cells)
+    degree = within.sum(1) + _counts(other, within.reshape(-1), num_cells)
+    # Row num_cells (the padding) is never core.
+    core = torch.cat(((degree + 1 >= config.denoise_min_neighbors) & live,
+                      torch.zeros(1, dtype=torch.bool, device=device)))
+    core_row, core_other = core.index_select(0, row), core.index_select(0, other)
+    # Only edges between core cells join components: compacted into their own capacity.
+    joined = core_row & core_other
+    edges_needed = joined.sum()
+    edge_row = _compact(joined, row, capacities.edges, 0)
+    edge_other = _compact(joined, other, capacities.edges, 0)
+    component, converged = _components(num_cells + 1, edge_row, edge_other)
+    none = num_cells + 1
+    label = torch.cat((torch.where(core[:num_cells], component[:num_cells], none),
+                       component.new_full((_SCRATCH,), none)))
+    # Border cells take the smallest component among their core neighbours (both orders).
+    label.scatter_reduce_(0, _target(row, ~core_row & core_other, num_cells),
+                          component.index_select(0, other), reduce='amin')
+    label.scatter_reduce_(0, _target(other, within.reshape(-1) & core_row & ~core_other,
+                                     num_cells),
+                          component.index_select(0, row), reduce='amin')
+    label = label[:num_cells]
+    shifted = torch.where(label == none, 0, label + 1)
+    mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1)
+    keep = live & (shifted == mode.index_select(0, cell_mask))
+    k = config.outlier_neighbors
+    if k > 0:
+        mean_distance, knn_needed = _mean_knn_distance(
+            cells, cell_code, cell_mask, live, keep, neighbor, squared, k, voxel_size,
+            capacities)
+        positive = keep & (mean_distance > 0)
+        per_mask = _counts(cell_mask, keep, LABEL_CAPACITY).to(torch.float64)
+        cloud_mean = _sums(cell_mask, positive, mean_distance, LABEL_CAPACITY) / per_mask
+        squares = _sums(cell_mask, positive,
+                        (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2,
+                        LABEL_CAPACITY)
+        threshold = cloud_mean + config.outlier_std_ratio * torch.sqrt(squares / (per_mask - 1))
+        inlier = positive & (mean_distance < threshold.index_select(0, cell_mask))
+    else:
+        inlier = keep
+        knn_needed = dict.fromkeys(('pending', 'pairs', 'far', 'far_pairs'),
+                                   torch.zeros((), dtype=torch.int64, device=device))
+    alive = alive & (_counts(cell_mask, inlier, LABEL_CAPACITY) >= config.min_mask_points)
+    alive_after.append(alive)
+    surviving = inlier & alive.index_select(0, cell_mask)
+
+    # (f) voxel association: every lattice point within the radius of a surviving cell.
+    radius = eps
+    per_axis = math.floor(2.0 * radius / voxel_size) + 1
+    start = torch.ceil((cells - radius) / voxel_size)
+    start = torch.where(surviving[:, None], start, 0.0).to(torch.int64)
+    lattice = start[:, :, None] + torch.arange(per_axis, device=device)
+    close = (lattice.to(torch.float64) * voxel_size - cells[:, :, None]).square_()
+    hit = ((close[:, 0, :, None, None] + close[:, 1, None, :, None]
+            + close[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
+    hit &= surviving[:, None]
+    covered = _counts(cell_mask, hit.any(1), LABEL_CAPACITY).to(torch.float64)
+    coverage = covered / _counts(cell_mask, surviving, LABEL_CAPACITY).to(torch.float64)
+    alive = alive & (coverage >= config.coverage_min)
+    alive_after.append(alive)
+    steps = torch.stack(torch.meshgrid(*[torch.arange(per_axis, device=device)] * 3,
+                                       indexing='ij'), dim=-1).reshape(-1, 3)
+    ijk = (start[:, None, :] + steps).reshape(-1, 3)
+    flat_hit = hit.reshape(-1)
+    origin = torch.where(flat_hit[:, None], ijk, torch.iinfo(torch.int64).max).amin(0)
+    relative = torch.where(flat_hit[:, None], ijk - origin, 0)
+    voxel_out_of_range = (relative > _AXIS_MASK).any()
+    pair_code = torch.where(
+        flat_hit, _pack(cell_mask[:, None].expand(-1, per_axis ** 3).reshape(-1),
+                        relative.clamp(max=_AXIS_MASK)), _SENTINEL)
+    pair_code, _ = torch.sort(pair_code)
+    first, _ = _runs(pair_code)
+    unique_pair = first & (pair_code != _SENTINEL)
+    pair_mask, pair_xyz = _unpack(torch.where(unique_pair, pair_code, 0))
+    pair_key = pack_keys(pair_xyz + origin)
+    alive = alive & (_counts(pair_mask, unique_pair, LABEL_CAPACITY) >= config.min_mask_points)
+    alive_after.append(alive)
+
+    # (g) boundary removal between the lifted masks.
+    lifted_pair = unique_pair & alive.index_select(0, pair_mask)
+    key_sorted, key_order = torch.sort(torch.where(lifted_pair, pair_key, _SENTINEL))
+    key_first, key_run = _runs(key_sorted)
+    key_live = key_sorted != _SENTINEL
+    key_uses = _counts(key_run, key_live, key_run.numel()).index_select(0, key_run)
+    interior = torch.empty_like(key_first).scatter_(0, key_order, key_uses == 1) & lifted_pair
+    sizes = _counts(pair_mask, interior, LABEL_CAPACITY)
+    alive = alive & (sizes > config.min_voxels_after_boundary)
+    alive_after.append(alive)
+    accepted_pair = interior & alive.index_select(0, pair_mask)
+    observed = key_first & key_live
+    capacity = pair_code.numel()
+    mask_keys = _compact(accepted_pair, pair_key, capacity, 0)
+    observed_keys = _compact(observed, key_sorted, capacity, 0)
+    label_ids = torch.arange(LABEL_CAPACITY, device=device)
+    accepted_labels = _compact(alive, label_ids, LABEL_CAPACITY, 0)
+    accepted_sizes = _compact(alive, sizes, LABEL_CAPACITY, 0)
+    offsets = torch.cat((accepted_sizes.new_zeros(1), torch.cumsum(accepted_sizes, 0)))
+    survivors = torch.stack([stage.sum() for stage in alive_after])
+    status = torch.cat((torch.stack((alive.sum(), accepted_pair.sum(), observed.sum())),
+                        survivors[:-1] - survivors[1:],
+                        torch.stack((needed_cells, edges_needed, knn_needed['pending'],
+                                     knn_needed['pairs'], knn_needed['far'],
+                                     knn_needed['far_pairs'],
+                                     label_out_of_range.long(), cell_out_of_range.long(),
+                                     voxel_out_of_range.long(), (~converged).long()))))
+    return PaddedLift(accepted_labels, offsets, mask_keys, observed_keys, status)
+
+
+def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: torch.Tensor,
+                       live: torch.Tensor, keep: torch.Tensor, neighbor: torch.Tensor,
+                       squared: torch.Tensor, k: int, voxel_size: float,
+                       capacities: Capacities) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """``graph_ops.knn_mean_distance`` of the kept cells, exact where the window is short.
+
+    ``need = min(k, kept cells of the mask)``. A kept cell whose window holds ``need`` kept
+    cells takes their mean (the approximation ``lifting._denoise`` describes). The others
+    (up to ``capacities.pending``) search the column of their mask within ``_SLAB_CELLS``
+    cells along x and y (one row range per x: cells are sorted by mask, x, y): a cell
+    outside it is at least ``_SLAB_CELLS * voxel_size`` away, so a need-th smallest
+    distance up to that is exact. The rest (up to ``capacities.far``) measure every cell of
+    their mask. Cells that are not kept count as infinitely far.
+
+    Returns float64 ``(C,)`` mean distances (0 for cells not kept) and the int64 sizes the
+    frame needed: ``pending``, ``pairs`` (column pairs), ``far`` and ``far_pairs``.
+    """
+    device = cells.device
+    num_cells = cells.shape[0]
+    candidates = _window_candidates(neighbor, squared, keep, None, k)
+    need = _counts(cell_mask, keep, LABEL_CAPACITY).clamp(max=k).index_select(0, cell_mask)
+    finite = torch.isfinite(candidates)
+    enough = finite.sum(1) >= need
+    sums = torch.where(finite, candidates, 0.0).sum(1)
+    result = torch.where(keep & enough, sums / need.clamp(min=1).to(torch.float64), 0.0)
+    result = torch.cat((result, result.new_zeros(_SCRATCH)))
+    all_rows = torch.arange(num_cells, device=device)
+    needed = {}
+
+    pending = keep & ~enough
+    needed['pending'] = pending.sum()
+    rows = _compact(pending, all_rows, capacities.pending, num_cells)
+    real_row = rows < num_cells
+    row_or_zero = torch.where(real_row, rows, 0)
+    # One row range per x of the column: cells sorted by (mask, x, y) make each x's cells
+    # with y in [y - W, y + W] one range.
+    code = cell_code.index_select(0, row_or_zero)
+    mask_field = (code >> _MASK_SHIFT) << _MASK_SHIFT
+    x = (code >> (2 * _AXIS_BITS)) & _AXIS_MASK
+    y = (code >> _AXIS_BITS) & _AXIS_MASK
+    column_x = x[:, None] + torch.arange(-_SLAB_CELLS, _SLAB_CELLS + 1, device=device)
+    x_field = mask_field[:, None] + (column_x.clamp(0, _AXIS_MASK) << (2 * _AXIS_BITS))
+    low = x_field + ((y - _SLAB_CELLS).clamp(min=0) << _AXIS_BITS)[:, None]
+    high = torch.minimum(x_field + ((y + _SLAB_CELLS + 1) << _AXIS_BITS)[:, None],
+                         x_field + (1 << (2 * _AXIS_BITS)))
+    starts = torch.searchsorted(cell_code, low.reshape(-1))
+    lengths = torch.searchsorted(cell_code, high.reshape(-1)) - starts
+    in_range = (real_row[:, None] & (column_x >= 0) & (column_x <= _AXIS_MASK)).reshape(-1)
+    lengths = torch.where(in_range, lengths, 0)
+    needed['pairs'] = lengths.sum()
+    row_need = need.index_select(0, row_or_zero)
+    sums, found, kth = _smallest_in_ranges(cells, keep, row_or_zero, starts, lengths, row_need,
+                                           capacities.pairs, 2 * _SLAB_CELLS + 1)
+    exact = real_row & (found >= row_need) & (kth <= _SLAB_CELLS * voxel_size)
+    result.scatter_(0, _target(rows, exact, num_cells),
+                    sums / row_need.clamp(min=1).to(torch.float64))
+
+    far = _compact(real_row & ~exact, rows, capacities.far, num_cells)
+    needed['far'] = (real_row & ~exact).sum()
+    real_far = far < num_cells
+    far_or_zero = torch.where(real_far, far, 0)
+    cells_per_mask = _counts(cell_mask, live, LABEL_CAPACITY)
+    mask_start = torch.cumsum(cells_per_mask, 0) - cells_per_mask
+    far_mask = cell_mask.index_select(0, far_or_zero)
+    far_lengths = torch.where(real_far, cells_per_mask.index_select(0, far_mask), 0)
+    needed['far_pairs'] = far_lengths.sum()
+    far_need = need.index_select(0, far_or_zero)
+    sums, _, _ = _smallest_in_ranges(cells, keep, far_or_zero,
+                                     mask_start.index_select(0, far_mask), far_lengths,
+                                     far_need, capacities.far_pairs, 1)
+    result.scatter_(0, _target(far, real_far, num_cells),
+                    sums / far_need.clamp(min=1).to(torch.float64))
+    return result[:num_cells], needed
+
+
+def _smallest_in_ranges(cells: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor,
+                        starts: torch.Tensor, lengths: torch.Tensor, need: torch.Tensor,
+                        capacity: int, ranges_per_query: int
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Find the ``need[r]`` smallest distances of query ``rows[r]`` to kept cells of ranges.
+
+    Query ``r`` owns the ``ranges_per_query`` cell row ranges ``[starts[i], starts[i] +
+    lengths[i])`` for ``i`` from ``r * ranges_per_query`` on.
+    The (query, cell) pairs are enumerated into ``capacity`` entries (pairs past it are
+    lost: the caller compares ``lengths.sum()``); pairs are ranked by sorting by distance,
+    then stably by query, so each query's pairs stay at their offset in the enumeration.
+
+    Returns float64 sums of the chosen distances, int64 counts of finite distances and the
+    float64 largest chosen distance (0 when none), all ``(Q,)``.
+    """
+    device = cells.device
+    num_queries = rows.numel()
+    # A last range takes the unused entries.
+    bucket = lengths.new_full((1,), capacity)
+    segment, position = expand_segments(torch.cat((starts, bucket.new_zeros(1))),
+                                        torch.cat((lengths, bucket)), capacity)
+    owner = torch.div(segment, ranges_per_query, rounding_mode='floor')
+    real_pair = owner < num_queries
+    position = position.clamp(max=cells.shape[0] - 1)
+    padded_rows = torch.cat((rows, rows.new_zeros(1)))
+    difference = (cells.index_select(0, padded_rows.index_select(0, owner))
+                  - cells.index_select(0, position))
+    x, y, z = difference.unbind(1)
+    distance = torch.addcmul(torch.addcmul(x * x, y, y), z, z).sqrt_()
+    usable = real_pair & keep.index_select(0, position)
+    distance = torch.where(usable, distance, math.inf)
+    by_distance = torch.argsort(distance)
+    ranked = by_distance.index_select(0, torch.argsort(owner.index_select(0, by_distance),
+                                                       stable=True))
+    ranked_owner = owner.index_select(0, ranked)
+    owner_lengths = lengths.reshape(num_queries, ranges_per_query).sum(1)
+    owner_start = torch.cumsum(owner_lengths, 0) - owner_lengths
+    rank = (torch.arange(capacity, device=device)
+            - torch.cat((owner_start, owner_start.new_zeros(1))).index_select(0, ranked_owner))
+    owner_need = torch.cat((need, need.new_zeros(1)))
+    ranked_distance = distance.index_select(0, ranked)
+    chosen = (rank < owner_need.index_select(0, ranked_owner)) & torch.isfinite(ranked_distance)
+    sums = _sums(ranked_owner, chosen, ranked_distance, num_queries)
+    found = _counts(owner, usable, num_queries)
+    kth = torch.zeros(num_queries + _SCRATCH, dtype=torch.float64, device=device)
+    kth.scatter_reduce_(0, _target(ranked_owner, chosen, num_queries), ranked_distance,
+                        reduce='amax')
+    return sums, found, kth[:num_queries]
+
+
+class GraphLifter:
+    """``lift_masks`` for one image size, replayed from a CUDA graph on CUDA devices.
+
+    Per call: copy the inputs into static buffers, replay, read the status and output sizes
+    (the one host sync), copy the outputs out. A frame that needs larger capacities grows
+    them (powers of two, with headroom), recaptures and replays again; a frame the packed
+    codes cannot represent, or whose components did not converge, runs ``lift_masks``.
+    Without CUDA (or with ``use_graph=False``) ``lift_padded`` runs eagerly, which tests the
+    same code paths on the CPU.
+
+    Attributes:
+        stats: calls, replays, captures and fallbacks so far.
+    """
+
+    def __init__(self, config: SegmenterConfig, device: torch.device,
+                 capacities: Capacities = Capacities(), use_graph: Optional[bool] = None):
+        if not supports(config):
+            raise ValueError('GraphLifter needs query_radius_m < 2 * voxel_size_m')
+        self.config = config
+        self.device = torch.device(device)
+        self.capacities = capacities
+        self.use_graph = self.device.type == 'cuda' if use_graph is None else use_graph
+        self.stats: Dict[str, int] = {'calls': 0, 'replays': 0, 'captures': 0,
+                                      'regrowths': 0, 'fallbacks': 0}
+        self._graph = None
+        self._inputs: Optional[Tuple[torch.Tensor, ...]] = None
+        self._outputs: Optional[PaddedLift] = None
+
+    def __call__(self, points_world: torch.Tensor, valid: torch.Tensor,
+                 labels: torch.Tensor) -> LiftedFrame:
+        """Lift one frame (arguments as ``lift_masks``)."""
+        self.stats['calls'] += 1
+        while True:
+            outputs = self._run(points_world, valid, labels)
+            status = dict(zip(STATUS_FIELDS, outputs.status.tolist()))
+            if (status['label_out_of_range'] or status['cell_out_of_range']
+                    or status['voxel_out_of_range'] or status['not_converged']):
+                self.stats['fallbacks'] += 1
+                return lift_masks(points_world, valid, labels, self.config)
+            grown = self._grown(status)
+            if grown == self.capacities:
+                break
+            self.capacities = grown
+            self.stats['regrowths'] += 1
+            self._graph = None
+        accepted, mask_keys, observed = (status['accepted'], status['mask_keys'],
+                                         status['observed_keys'])
+        return LiftedFrame(labels=outputs.labels[:accepted].clone(),
+                           observed_keys=outputs.observed_keys[:observed].clone(),
+                           mask_keys=outputs.mask_keys[:mask_keys].clone(),
+                           mask_offsets=outputs.mask_offsets[:accepted + 1].clone(),
+                           dropped={reason: status[reason] for reason in DROP_REASONS})
+
+    def _grown(self, status: Dict[str, int]) -> Capacities:
+        """Capacities that hold the frame of ``status`` with 25-40 % headroom."""
+        def fit(capacity: int, needed: int) -> int:
+            if needed <= capacity:
+                return capacity
+            # Eight steps per power of two: padding costs time in every later frame.
+            step = 1 << max(0, math.ceil(math.log2(needed * 1.25)) - 3)
+            return step * math.ceil(needed * 1.25 / step)
+        return Capacities(*(fit(getattr(self.capacities, name), status[name])
+                            for name in Capacities._fields))
+
+    def _run(self, points_world: torch.Tensor, valid: torch.Tensor,
+             labels: torch.Tensor) -> PaddedLift:
+        """Run ``lift_padded`` once: by graph replay when enabled, else eagerly."""
+        if not self.use_graph:
+            return lift_padded(points_world.to(self.device), valid.to(self.device),
+                               labels.to(self.device), self.config, self.capacities)
+        inputs = (points_world, valid, labels)
+        if self._graph is None or any(buffer.shape != value.shape or buffer.dtype != value.dtype
+                                      for buffer, value in zip(self._inputs, inputs)):
+            self._capture(inputs)
+        for buffer, value in zip(self._inputs, inputs):
+            buffer.copy_(value, non_blocking=True)
+        self._graph.replay()
+        self.stats['replays'] += 1
+        return self._outputs
+
+    def _capture(self, inputs: Tuple[torch.Tensor, ...]) -> None:
+        """Capture ``lift_padded`` on static copies of ``inputs`` (after a warm-up run)."""
+        self._graph = None
+        self._inputs = tuple(value.to(self.device).clone() for value in inputs)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            # Warm-up: lazy initialisation (cached offsets, library handles) outside capture.
+            lift_padded(*self._inputs, self.config, self.capacities)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._outputs = lift_padded(*self._inputs, self.config, self.capacities)
+        self._graph = graph
+        self.stats['captures'] += 1
