@@ -7,13 +7,15 @@ the same result with tensor sizes that depend only on the image size and a few c
 
 - masks are indexed by their label value (``LABEL_CAPACITY`` ids; id 0 is "no mask");
 - points become cells by sorting packed (mask, cell) codes of every pixel; the first
-  ``cell_capacity`` cells are kept, later rows are padding;
+  ``Capacities.cells`` cells are kept, later rows are padding;
 - window neighbours come from a ``searchsorted`` over the sorted cell codes;
 - DBSCAN's components take a fixed number of hook-and-jump rounds over at most
-  ``edges`` core-core edges and report whether they converged;
-- the exact kNN of the cells whose window holds too few candidates enumerates at most
-  ``pair_capacity`` (cell, mask cell) pairs for at most ``pending_capacity`` cells;
-- compactions write into buffers of a known size and return their counts on the device.
+  ``Capacities.edges`` core-core edges and report whether they converged;
+- the exact kNN of the cells whose window holds too few candidates searches a column of
+  their mask (``Capacities.pending`` cells, ``Capacities.pairs`` pairs), then, where that
+  is not enough, their whole mask (``Capacities.far`` and ``Capacities.far_pairs``);
+- compactions write into buffers of a known size and return their counts on the device;
+- masked entries of reductions go to scratch slots spread over ``_SCRATCH`` addresses.
 
 Results are equal to ``lift_masks`` (up to the float summation order of the kNN sums), and
 a status vector says whether a capacity was too small or a packed code out of range.
@@ -196,8 +198,8 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     """``lifting.lift_masks`` without a host sync: every tensor size is fixed.
 
     Same steps and thresholds as ``lift_masks`` (see its docstring); ``supports(config)``
-    must hold. Status flags (``STATUS_FIELDS``): ``cells``, ``edges``, ``pending`` and
-    ``pairs`` are the sizes the frame needed (results are wrong when one exceeds its capacity);
+    must hold. Status (``STATUS_FIELDS``): the fields named like ``Capacities`` fields are
+    the sizes the frame needed (results are wrong when one exceeds its capacity);
     ``label_out_of_range`` (a label >= ``LABEL_CAPACITY``), ``cell_out_of_range`` (a mask
     wider than 2^15 - 5 cells), ``voxel_out_of_range`` (the frame's voxels wider than 2^15
     - 1) and ``not_converged`` (DBSCAN's components) make the results wrong too.
@@ -284,9 +286,13 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     # Only edges between core cells join components: compacted into their own capacity.
     joined = core_row & core_other
     edges_needed = joined.sum()
-    edge_row = _compact(joined, row, capacities.edges, 0)
-    edge_other = _compact(joined, other, capacities.edges, 0)
-    component, converged = _components(num_cells + 1, edge_row, edge_other)
+    # Unused edge slots become self-loops of scratch nodes past the padding row.
+    spare = num_cells + 1 + (torch.arange(capacities.edges, device=device) & (_SCRATCH - 1))
+    edge_row = _compact(joined, row, capacities.edges, -1)
+    edge_other = _compact(joined, other, capacities.edges, -1)
+    component, converged = _components(num_cells + 1 + _SCRATCH,
+                                       torch.where(edge_row >= 0, edge_row, spare),
+                                       torch.where(edge_other >= 0, edge_other, spare))
     none = num_cells + 1
     label = torch.cat((torch.where(core[:num_cells], component[:num_cells], none),
                        component.new_full((_SCRATCH,), none)))
