@@ -27,6 +27,7 @@ cannot represent a frame.
 
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
+import warnings
 
 import torch
 
@@ -57,6 +58,10 @@ _JUMPS = 8
 STATUS_FIELDS = ('accepted', 'mask_keys', 'observed_keys', *DROP_REASONS, 'cells', 'edges',
                  'pending', 'pairs', 'far', 'far_pairs', 'label_out_of_range', 'cell_out_of_range',
                  'voxel_out_of_range', 'not_converged')
+
+# Status flags that make a frame's results wrong whatever the capacities.
+_WRONG_RESULT_FLAGS = ('label_out_of_range', 'cell_out_of_range', 'voxel_out_of_range',
+                       'not_converged')
 
 
 class Capacities(NamedTuple):
@@ -522,10 +527,13 @@ class GraphLifter:
     them (powers of two, with headroom), recaptures and replays again; a frame the packed
     codes cannot represent, or whose components did not converge, runs ``lift_masks``.
     Without CUDA (or with ``use_graph=False``) ``lift_padded`` runs eagerly, which tests the
-    same code paths on the CPU.
+    same code paths on the CPU. If a capture fails (a driver or an operator that graphs do
+    not support), the lifter warns once and runs ``lift_masks`` from then on.
 
     Attributes:
-        stats: calls, replays, captures and fallbacks so far.
+        stats: calls, replays, captures, regrowths and fallbacks (frames lifted by
+            ``lift_masks``) so far.
+        disabled_reason: why capturing failed, None while it works.
     """
 
     def __init__(self, config: SegmenterConfig, device: torch.device,
@@ -538,6 +546,7 @@ class GraphLifter:
         self.use_graph = self.device.type == 'cuda' if use_graph is None else use_graph
         self.stats: Dict[str, int] = {'calls': 0, 'replays': 0, 'captures': 0,
                                       'regrowths': 0, 'fallbacks': 0}
+        self.disabled_reason: Optional[str] = None
         self._graph = None
         self._inputs: Optional[Tuple[torch.Tensor, ...]] = None
         self._outputs: Optional[PaddedLift] = None
@@ -548,9 +557,9 @@ class GraphLifter:
         self.stats['calls'] += 1
         while True:
             outputs = self._run(points_world, valid, labels)
-            status = dict(zip(STATUS_FIELDS, outputs.status.tolist()))
-            if (status['label_out_of_range'] or status['cell_out_of_range']
-                    or status['voxel_out_of_range'] or status['not_converged']):
+            status = None if outputs is None else dict(zip(STATUS_FIELDS,
+                                                           outputs.status.tolist()))
+            if status is None or any(status[flag] for flag in _WRONG_RESULT_FLAGS):
                 self.stats['fallbacks'] += 1
                 return lift_masks(points_world, valid, labels, self.config)
             grown = self._grown(status)
@@ -579,15 +588,27 @@ class GraphLifter:
                             for name in Capacities._fields))
 
     def _run(self, points_world: torch.Tensor, valid: torch.Tensor,
-             labels: torch.Tensor) -> PaddedLift:
-        """Run ``lift_padded`` once: by graph replay when enabled, else eagerly."""
+             labels: torch.Tensor) -> Optional[PaddedLift]:
+        """Run ``lift_padded`` once: by graph replay when enabled, else eagerly.
+
+        Returns None when capturing failed (``disabled_reason`` says why).
+        """
+        if self.disabled_reason is not None:
+            return None
         if not self.use_graph:
             return lift_padded(points_world.to(self.device), valid.to(self.device),
                                labels.to(self.device), self.config, self.capacities)
         inputs = (points_world, valid, labels)
         if self._graph is None or any(buffer.shape != value.shape or buffer.dtype != value.dtype
                                       for buffer, value in zip(self._inputs, inputs)):
-            self._capture(inputs)
+            try:
+                self._capture(inputs)
+            except (RuntimeError, ValueError) as error:
+                self.disabled_reason = f'{type(error).__name__}: {error}'
+                self._graph = self._inputs = self._outputs = None
+                warnings.warn(f'GraphLifter: CUDA graph capture failed, lifting eagerly from '
+                              f'now on ({self.disabled_reason})', RuntimeWarning)
+                return None
         for buffer, value in zip(self._inputs, inputs):
             buffer.copy_(value, non_blocking=True)
         self._graph.replay()

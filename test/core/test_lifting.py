@@ -652,3 +652,15 @@ def test_cuda_graph_replays_equal_lift_masks_across_frames_and_regrowth():
         assert_same_frame(lifter(*inputs), lift_masks(*inputs, CONFIG))
     assert lifter.stats['captures'] >= 2 and lifter.stats['replays'] >= 4
     assert lifter.stats['fallbacks'] == 0
+
+
+def test_a_failed_capture_warns_once_and_lifts_eagerly():
+    # No CUDA graph can be captured for CPU tensors: the same path a driver failure takes.
+    inputs = _tensors(*synthetic_frame(seed=1))
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), SMALL, use_graph=True)
+    with pytest.warns(RuntimeWarning, match='capture failed'):
+        frame = lifter(*inputs)
+    assert lifter.disabled_reason is not None
+    assert_same_frame(frame, lift_masks(*inputs, CONFIG))
+    assert_same_frame(lifter(*inputs), frame)
+    assert lifter.stats['fallbacks'] == 2 and lifter.stats['captures'] == 0
