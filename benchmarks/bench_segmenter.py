@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--profile', default='default', choices=('default', 'reference'))
     parser.add_argument('--descriptor', default=None, choices=('fpfh', 'fcgf', 'none'),
                         help="override the profile's descriptor")
+    parser.add_argument('--eager-lifting', action='store_true',
+                        help='lift with lift_masks on CUDA too (cuda_graph_lifting: false)')
     parser.add_argument('--json', default='bench_segmenter.json', help='output JSON path')
     return parser.parse_args(argv)
 
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     overrides = {} if args.descriptor is None else {'descriptor': args.descriptor}
+    if args.eager_lifting:
+        overrides['cuda_graph_lifting'] = False
     config = segmenter_config(args.profile, overrides)
     sequence = ScanNetSequence(args.scene, every=args.every, max_frames=args.frames or None)
     stems = dict(zip(sequence.frame_indices, sequence.stems))

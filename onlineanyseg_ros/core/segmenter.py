@@ -193,6 +193,11 @@ class OnlineSegmenter:
         self.frames_integrated, self.insertions, self.merge_rounds = counters[:3]
         self.semantic_active = bool(counters[3])
 
+    @property
+    def lifting_stats(self) -> Dict[str, int]:
+        """CUDA-graph lifting counters (``GraphLifter.stats``); empty when lifting eagerly."""
+        return dict(self._lifter.stats) if self._lifter is not None else {}
+
     def summary(self) -> dict:
         """Map size, schedule counters and per-stage timing medians."""
         return {
@@ -205,4 +210,5 @@ class OnlineSegmenter:
             'descriptor': self.config.descriptor,
             'device': str(self.device),
             'timings_ms': self.timer.summary(),
+            'lifting_graph': self.lifting_stats,
         }

@@ -315,6 +315,8 @@ class SegmentationNode(Node):
         if self._exported is not None and self._exported_version == self.map_version:
             values['instances'] = self._exported.num_instances
         values.update(device_memory_bytes(segmenter.device))
+        values.update({f'lifting_graph_{name}': count
+                       for name, count in segmenter.lifting_stats.items()})
         stages = dict(segmenter.timer.summary())
         stages.update(self.timer.summary())
         self.diagnostics.publish(stages, values)

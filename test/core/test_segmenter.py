@@ -88,3 +88,22 @@ def test_save_load_round_trip_and_geometry_only_frames(room, tmp_path):
     assert saved['scores'].shape == (before.num_instances,)
     with pytest.raises(ValueError, match='do not match depth'):
         segmenter.integrate(frames[0], MaskObservation(np.zeros((4, 4), np.int32)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA-graph lifting needs a GPU')
+def test_cuda_graph_lifting_builds_the_same_masks_as_eager_lifting(room):
+    frames, masks, _, _ = room
+
+    def inserted(graph_lifting):
+        segmenter = OnlineSegmenter(segmenter_config(
+            'default', {'cuda_graph_lifting': graph_lifting}), device='cuda')
+        counts = [segmenter.integrate(frame, mask).masks_inserted
+                  for frame, mask in zip(frames, masks)]
+        return counts, segmenter
+
+    graph_counts, graph = inserted(True)
+    eager_counts, eager = inserted(False)
+    assert graph_counts == eager_counts and sum(graph_counts) > 0
+    assert graph.lifting_stats['replays'] >= len(frames)
+    assert graph.lifting_stats['fallbacks'] == 0 and eager.lifting_stats == {}
+    assert graph.num_voxels == eager.num_voxels
