@@ -14,6 +14,7 @@ the same result with tensor sizes that depend only on the image size and a few c
 - the exact kNN of the cells whose window holds too few candidates searches a column of
   their mask (``Capacities.pending`` cells, ``Capacities.pairs`` pairs), then, where that
   is not enough, their whole mask (``Capacities.far`` and ``Capacities.far_pairs``);
+- voxel association sorts at most ``Capacities.hits`` (cell, lattice point) hits;
 - compactions write into buffers of a known size and return their counts on the device;
 - masked entries of reductions go to scratch slots spread over ``_SCRATCH`` addresses.
 
@@ -56,8 +57,8 @@ COMPONENT_ROUNDS = 8
 _JUMPS = 8
 
 STATUS_FIELDS = ('accepted', 'mask_keys', 'observed_keys', *DROP_REASONS, 'cells', 'edges',
-                 'pending', 'pairs', 'far', 'far_pairs', 'label_out_of_range', 'cell_out_of_range',
-                 'voxel_out_of_range', 'not_converged')
+                 'pending', 'pairs', 'far', 'far_pairs', 'hits', 'label_out_of_range',
+                 'cell_out_of_range', 'voxel_out_of_range', 'not_converged')
 
 # Status flags that make a frame's results wrong whatever the capacities.
 _WRONG_RESULT_FLAGS = ('label_out_of_range', 'cell_out_of_range', 'voxel_out_of_range',
@@ -68,11 +69,12 @@ class Capacities(NamedTuple):
     """Fixed tensor sizes of ``lift_padded`` (rows)."""
 
     cells: int = 1 << 16
-    edges: int = 1 << 19
-    pending: int = 1 << 12
-    pairs: int = 1 << 21
-    far: int = 1 << 8
-    far_pairs: int = 1 << 20
+    edges: int = 1 << 18
+    pending: int = 1 << 11
+    pairs: int = 1 << 19
+    far: int = 1 << 6
+    far_pairs: int = 1 << 14
+    hits: int = 1 << 19
 
 
 class PaddedLift(NamedTuple):
@@ -128,10 +130,25 @@ def _compact(keep: torch.Tensor, values: torch.Tensor, capacity: int,
 
     Rows past the capacity are dropped; callers detect that from ``keep.sum()``.
     """
-    position = torch.cumsum(keep, 0) - 1
-    target = _target(position, keep & (position < capacity), capacity)
-    out = torch.full((capacity + _SCRATCH,), fill, dtype=values.dtype, device=values.device)
-    return out.scatter_(0, target, values)[:capacity]
+    rows = _kept_rows(keep, capacity)
+    return torch.where(rows >= 0, values.index_select(0, rows.clamp(min=0)), fill)
+
+
+def _kept_rows(keep: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Int64 ``(capacity,)``: the rows where bool ``keep`` is set, ascending, then -1."""
+    return torch.nonzero_static(keep, size=capacity, fill_value=-1).squeeze(1)
+
+
+def _mask_counts(sorted_codes: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of ascending packed codes.
+
+    Masks are ranges of the sorted codes: prefix sums at their bounds, without atomics.
+    """
+    prefix = torch.cat((flags.new_zeros(1, dtype=torch.int64), torch.cumsum(flags, 0)))
+    bounds = torch.searchsorted(sorted_codes, torch.arange(LABEL_CAPACITY + 1,
+                                                           device=flags.device) << _MASK_SHIFT)
+    counts = prefix.index_select(0, bounds)
+    return counts[1:] - counts[:-1]
 
 
 def _runs(sorted_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -293,11 +310,12 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     edges_needed = joined.sum()
     # Unused edge slots become self-loops of scratch nodes past the padding row.
     spare = num_cells + 1 + (torch.arange(capacities.edges, device=device) & (_SCRATCH - 1))
-    edge_row = _compact(joined, row, capacities.edges, -1)
-    edge_other = _compact(joined, other, capacities.edges, -1)
-    component, converged = _components(num_cells + 1 + _SCRATCH,
-                                       torch.where(edge_row >= 0, edge_row, spare),
-                                       torch.where(edge_other >= 0, edge_other, spare))
+    edge = _kept_rows(joined, capacities.edges)
+    used = edge >= 0
+    edge = edge.clamp(min=0)
+    component, converged = _components(
+        num_cells + 1 + _SCRATCH, torch.where(used, row.index_select(0, edge), spare),
+        torch.where(used, other.index_select(0, edge), spare))
     none = num_cells + 1
     label = torch.cat((torch.where(core[:num_cells], component[:num_cells], none),
                        component.new_full((_SCRATCH,), none)))
@@ -346,32 +364,40 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     coverage = covered / _counts(cell_mask, surviving, LABEL_CAPACITY).to(torch.float64)
     alive = alive & (coverage >= config.coverage_min)
     alive_after.append(alive)
+    # The (cell, lattice point) hits, compacted: about a third of the candidates.
+    flat_hit = hit.reshape(-1)
+    hits_needed = flat_hit.sum()
+    hit_index = _kept_rows(flat_hit, capacities.hits)
+    real_hit = hit_index >= 0
+    hit_cell = torch.div(hit_index.clamp(min=0), per_axis ** 3, rounding_mode='floor')
+    hit_step = hit_index.clamp(min=0) % per_axis ** 3
     steps = torch.stack(torch.meshgrid(*[torch.arange(per_axis, device=device)] * 3,
                                        indexing='ij'), dim=-1).reshape(-1, 3)
-    ijk = (start[:, None, :] + steps).reshape(-1, 3)
-    flat_hit = hit.reshape(-1)
-    origin = torch.where(flat_hit[:, None], ijk, torch.iinfo(torch.int64).max).amin(0)
-    relative = torch.where(flat_hit[:, None], ijk - origin, 0)
+    ijk = start.index_select(0, hit_cell) + steps.index_select(0, hit_step)
+    # Any origin at or below every hit packs the same keys: the smallest window start.
+    origin = torch.where(surviving[:, None], start, torch.iinfo(torch.int64).max).amin(0)
+    relative = torch.where(real_hit[:, None], ijk - origin, 0)
     voxel_out_of_range = (relative > _AXIS_MASK).any()
-    pair_code = torch.where(
-        flat_hit, _pack(cell_mask[:, None].expand(-1, per_axis ** 3).reshape(-1),
-                        relative.clamp(max=_AXIS_MASK)), _SENTINEL)
+    pair_code = torch.where(real_hit, _pack(cell_mask.index_select(0, hit_cell),
+                                            relative.clamp(max=_AXIS_MASK)), _SENTINEL)
     pair_code, _ = torch.sort(pair_code)
     first, _ = _runs(pair_code)
     unique_pair = first & (pair_code != _SENTINEL)
     pair_mask, pair_xyz = _unpack(torch.where(unique_pair, pair_code, 0))
     pair_key = pack_keys(pair_xyz + origin)
-    alive = alive & (_counts(pair_mask, unique_pair, LABEL_CAPACITY) >= config.min_mask_points)
+    alive = alive & (_mask_counts(pair_code, unique_pair) >= config.min_mask_points)
     alive_after.append(alive)
 
     # (g) boundary removal between the lifted masks.
     lifted_pair = unique_pair & alive.index_select(0, pair_mask)
     key_sorted, key_order = torch.sort(torch.where(lifted_pair, pair_key, _SENTINEL))
-    key_first, key_run = _runs(key_sorted)
+    key_first, _ = _runs(key_sorted)
     key_live = key_sorted != _SENTINEL
-    key_uses = _counts(key_run, key_live, key_run.numel()).index_select(0, key_run)
-    interior = torch.empty_like(key_first).scatter_(0, key_order, key_uses == 1) & lifted_pair
-    sizes = _counts(pair_mask, interior, LABEL_CAPACITY)
+    # A key used by one lifted mask starts and ends its run.
+    key_last = torch.cat((key_first[1:], key_first.new_ones(1)))
+    interior = torch.empty_like(key_first).scatter_(0, key_order, key_first & key_last)
+    interior &= lifted_pair
+    sizes = _mask_counts(pair_code, interior)
     alive = alive & (sizes > config.min_voxels_after_boundary)
     alive_after.append(alive)
     accepted_pair = interior & alive.index_select(0, pair_mask)
@@ -388,7 +414,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
                         survivors[:-1] - survivors[1:],
                         torch.stack((needed_cells, edges_needed, knn_needed['pending'],
                                      knn_needed['pairs'], knn_needed['far'],
-                                     knn_needed['far_pairs'],
+                                     knn_needed['far_pairs'], hits_needed,
                                      label_out_of_range.long(), cell_out_of_range.long(),
                                      voxel_out_of_range.long(), (~converged).long()))))
     return PaddedLift(accepted_labels, offsets, mask_keys, observed_keys, status)
@@ -420,12 +446,12 @@ def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: 
     sums = torch.where(finite, candidates, 0.0).sum(1)
     result = torch.where(keep & enough, sums / need.clamp(min=1).to(torch.float64), 0.0)
     result = torch.cat((result, result.new_zeros(_SCRATCH)))
-    all_rows = torch.arange(num_cells, device=device)
     needed = {}
 
     pending = keep & ~enough
     needed['pending'] = pending.sum()
-    rows = _compact(pending, all_rows, capacities.pending, num_cells)
+    rows = _kept_rows(pending, capacities.pending)
+    rows = torch.where(rows >= 0, rows, num_cells)
     real_row = rows < num_cells
     row_or_zero = torch.where(real_row, rows, 0)
     # One row range per x of the column: cells sorted by (mask, x, y) make each x's cells
