@@ -9,8 +9,9 @@ the same result with tensor sizes that depend only on the image size and a few c
 - points become cells by sorting packed (mask, cell) codes of every pixel; the first
   ``Capacities.cells`` cells are kept, later rows are padding;
 - window neighbours come from a ``searchsorted`` over the sorted cell codes;
-- DBSCAN's components take a fixed number of hook-and-jump rounds over at most
-  ``Capacities.edges`` core-core edges and report whether they converged;
+- DBSCAN runs on at most ``Capacities.edges`` pairs of cells within eps, and its
+  components take a fixed number of hook-and-jump rounds and report whether they
+  converged;
 - the exact kNN of the cells whose window holds too few candidates searches a column of
   their mask (``Capacities.pending`` cells, ``Capacities.pairs`` pairs), then, where that
   is not enough, their whole mask (``Capacities.far`` and ``Capacities.far_pairs``);
@@ -298,33 +299,34 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
         difference = padded.index_select(0, flat).reshape(neighbor.shape) - axis[:, None]
         squared.addcmul_(difference, difference)
     within = squared <= eps * eps
-    row = torch.arange(num_cells, device=device)[:, None].expand_as(neighbor).reshape(-1)
-    other = torch.where(within.reshape(-1), flat, num_cells)
-    degree = within.sum(1) + _counts(other, within.reshape(-1), num_cells)
-    # Row num_cells (the padding) is never core.
-    core = torch.cat(((degree + 1 >= config.denoise_min_neighbors) & live,
-                      torch.zeros(1, dtype=torch.bool, device=device)))
-    core_row, core_other = core.index_select(0, row), core.index_select(0, other)
-    # Only edges between core cells join components: compacted into their own capacity.
-    joined = core_row & core_other
-    edges_needed = joined.sum()
-    # Unused edge slots become self-loops of scratch nodes past the padding row.
-    spare = num_cells + 1 + (torch.arange(capacities.edges, device=device) & (_SCRATCH - 1))
-    edge = _kept_rows(joined, capacities.edges)
+    # The pairs within eps (each once), compacted: unused slots become self-loops of
+    # scratch nodes past the padding row.
+    edges_needed = within.sum()
+    edge = _kept_rows(within.reshape(-1), capacities.edges)
     used = edge >= 0
     edge = edge.clamp(min=0)
-    component, converged = _components(
-        num_cells + 1 + _SCRATCH, torch.where(used, row.index_select(0, edge), spare),
-        torch.where(used, other.index_select(0, edge), spare))
+    spare = num_cells + 1 + (torch.arange(capacities.edges, device=device) & (_SCRATCH - 1))
+    edge_row = torch.where(used, torch.div(edge, neighbor.shape[1], rounding_mode='floor'),
+                           spare)
+    edge_other = torch.where(used, flat.index_select(0, edge), spare)
+    degree = within.sum(1) + _counts(edge_other, used, num_cells)
+    # Padding and scratch nodes are never core.
+    core = torch.cat(((degree + 1 >= config.denoise_min_neighbors) & live,
+                      torch.zeros(1 + _SCRATCH, dtype=torch.bool, device=device)))
+    core_row, core_other = core.index_select(0, edge_row), core.index_select(0, edge_other)
+    # Only edges between core cells join components.
+    joined = core_row & core_other
+    component, converged = _components(num_cells + 1 + _SCRATCH,
+                                       torch.where(joined, edge_row, spare),
+                                       torch.where(joined, edge_other, spare))
     none = num_cells + 1
     label = torch.cat((torch.where(core[:num_cells], component[:num_cells], none),
                        component.new_full((_SCRATCH,), none)))
     # Border cells take the smallest component among their core neighbours (both orders).
-    label.scatter_reduce_(0, _target(row, ~core_row & core_other, num_cells),
-                          component.index_select(0, other), reduce='amin')
-    label.scatter_reduce_(0, _target(other, within.reshape(-1) & core_row & ~core_other,
-                                     num_cells),
-                          component.index_select(0, row), reduce='amin')
+    label.scatter_reduce_(0, _target(edge_row, ~core_row & core_other, num_cells),
+                          component.index_select(0, edge_other), reduce='amin')
+    label.scatter_reduce_(0, _target(edge_other, core_row & ~core_other, num_cells),
+                          component.index_select(0, edge_row), reduce='amin')
     label = label[:num_cells]
     shifted = torch.where(label == none, 0, label + 1)
     mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1)
