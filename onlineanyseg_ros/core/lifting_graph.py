@@ -67,7 +67,13 @@ _WRONG_RESULT_FLAGS = ('label_out_of_range', 'cell_out_of_range', 'voxel_out_of_
 
 
 class Capacities(NamedTuple):
-    """Fixed tensor sizes of ``lift_padded`` (rows)."""
+    """Fixed tensor sizes (rows) of ``lift_padded``.
+
+    ``cells`` of the frame; ``edges``: pairs of cells within eps; ``pending``: cells whose
+    window holds too few cells for the kNN, and ``pairs`` of them with their column;
+    ``far``: cells whose column is not enough either, and ``far_pairs`` with their mask;
+    ``hits``: (cell, lattice point) pairs of the voxel association.
+    """
 
     cells: int = 1 << 16
     edges: int = 1 << 18
@@ -552,7 +558,7 @@ class GraphLifter:
 
     Per call: copy the inputs into static buffers, replay, read the status and output sizes
     (the one host sync), copy the outputs out. A frame that needs larger capacities grows
-    them (powers of two, with headroom), recaptures and replays again; a frame the packed
+    them (25-40 % headroom), recaptures and replays again; a frame the packed
     codes cannot represent, or whose components did not converge, runs ``lift_masks``.
     Without CUDA (or with ``use_graph=False``) ``lift_padded`` runs eagerly, which tests the
     same code paths on the CPU. If a capture fails (a driver or an operator that graphs do
