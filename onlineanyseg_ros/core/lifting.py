@@ -250,12 +250,7 @@ def associate_voxels(points: torch.Tensor, batch: torch.Tensor, num_batches: int
 
     """
     device = points.device
-    per_axis = math.floor(2.0 * radius / voxel_size) + 1
-    start = torch.ceil((points - radius) / voxel_size).to(torch.int64)
-    lattice = start[:, :, None] + torch.arange(per_axis, device=device)
-    squared = (lattice.to(points.dtype) * voxel_size - points[:, :, None]).square_()
-    hit = ((squared[:, 0, :, None, None] + squared[:, 1, None, :, None]
-            + squared[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
+    per_axis, start, hit = lattice_hits(points, voxel_size, radius)
     covered = torch.zeros(num_batches, dtype=torch.float64, device=device)
     covered.index_add_(0, batch, hit.any(1).to(torch.float64))
     coverage = covered / count_values(batch, num_batches).to(torch.float64)
@@ -281,6 +276,23 @@ def associate_voxels(points: torch.Tensor, batch: torch.Tensor, num_batches: int
     unique_ijk = torch.stack((x, y, z), dim=1) + origin
     pair_batch = torch.div(rest, extent[0], rounding_mode='floor')
     return pair_batch, pack_keys(unique_ijk), coverage
+
+
+def lattice_hits(points: torch.Tensor, voxel_size: float, radius: float
+                 ) -> Tuple[int, torch.Tensor, torch.Tensor]:
+    """Test each point's candidate lattice points (``associate_voxels``).
+
+    Returns ``n`` (candidates per axis), int64 ``(P, 3)`` lattice coordinates of the first
+    candidate per axis and bool ``(P, n^3)``: candidate ``(a, b, c)`` (row-major) is within
+    ``radius`` of the point.
+    """
+    per_axis = math.floor(2.0 * radius / voxel_size) + 1
+    start = torch.ceil((points - radius) / voxel_size).to(torch.int64)
+    lattice = start[:, :, None] + torch.arange(per_axis, device=points.device)
+    squared = (lattice.to(points.dtype) * voxel_size - points[:, :, None]).square_()
+    hit = ((squared[:, 0, :, None, None] + squared[:, 1, None, :, None]
+            + squared[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
+    return per_axis, start, hit
 
 
 def lift_masks(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
@@ -424,6 +436,14 @@ def _forward_window(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torc
     squared distances between the cell means (inf where none).
     """
     neighbor = lattice_neighbors(cell_ijk, cell_mask, num_masks, forward).to(torch.int64)
+    return neighbor, window_squared(cells, neighbor)
+
+
+def window_squared(cells: torch.Tensor, neighbor: torch.Tensor) -> torch.Tensor:
+    """Float ``(C, H)`` squared distances from each cell mean to its neighbours' means.
+
+    ``cells`` float ``(C, 3)``; ``neighbor`` int64 ``(C, H)`` rows, ``C`` = none (inf).
+    """
     flat = neighbor.reshape(-1)
     squared = torch.zeros(neighbor.shape, dtype=cells.dtype, device=cells.device)
     padding = torch.full((1,), math.inf, dtype=cells.dtype, device=cells.device)
@@ -431,7 +451,7 @@ def _forward_window(cells: torch.Tensor, cell_mask: torch.Tensor, cell_ijk: torc
         padded = torch.cat((axis, padding))
         difference = padded.index_select(0, flat).reshape(neighbor.shape) - axis[:, None]
         squared.addcmul_(difference, difference)
-    return neighbor, squared
+    return squared
 
 
 def _window_candidates(neighbor: torch.Tensor, squared: torch.Tensor, keep: torch.Tensor,

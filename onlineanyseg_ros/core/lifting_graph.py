@@ -34,9 +34,10 @@ import warnings
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import count_values, expand_segments
+from onlineanyseg_ros.core.graph_ops import _squared_norm, count_values, expand_segments
 from onlineanyseg_ros.core.lifting import (_forward_offsets, _window_candidates,
-                                           DROP_REASONS, lift_masks, LiftedFrame)
+                                           DROP_REASONS, lattice_hits, lift_masks, LiftedFrame,
+                                           window_squared)
 from onlineanyseg_ros.core.voxel_hash import pack_keys
 
 # Label values index the per-mask tensors directly (mono16 label images).
@@ -298,12 +299,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     neighbor = torch.where(cell_code.index_select(0, slot.reshape(-1)).reshape(slot.shape)
                            == wanted, slot, num_cells)
     flat = neighbor.reshape(-1)
-    squared = torch.zeros(neighbor.shape, dtype=torch.float64, device=device)
-    padding = torch.full((1,), math.inf, dtype=torch.float64, device=device)
-    for axis in cells.unbind(1):
-        padded = torch.cat((axis, padding))
-        difference = padded.index_select(0, flat).reshape(neighbor.shape) - axis[:, None]
-        squared.addcmul_(difference, difference)
+    squared = window_squared(cells, neighbor)
     within = squared <= eps * eps
     # The pairs within eps (each once), compacted: unused slots become self-loops of
     # scratch nodes past the padding row.
@@ -359,14 +355,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     surviving = inlier & alive.index_select(0, cell_mask)
 
     # (f) voxel association: every lattice point within the radius of a surviving cell.
-    radius = eps
-    per_axis = math.floor(2.0 * radius / voxel_size) + 1
-    start = torch.ceil((cells - radius) / voxel_size)
-    start = torch.where(surviving[:, None], start, 0.0).to(torch.int64)
-    lattice = start[:, :, None] + torch.arange(per_axis, device=device)
-    close = (lattice.to(torch.float64) * voxel_size - cells[:, :, None]).square_()
-    hit = ((close[:, 0, :, None, None] + close[:, 1, None, :, None]
-            + close[:, 2, None, None, :]) <= radius * radius).reshape(-1, per_axis ** 3)
+    per_axis, start, hit = lattice_hits(cells, voxel_size, eps)
     hit &= surviving[:, None]
     covered = _counts(cell_mask, hit.any(1), LABEL_CAPACITY).to(torch.float64)
     coverage = covered / _counts(cell_mask, surviving, LABEL_CAPACITY).to(torch.float64)
@@ -530,8 +519,7 @@ def _smallest_in_ranges(cells: torch.Tensor, keep: torch.Tensor, rows: torch.Ten
     padded_rows = torch.cat((rows, rows.new_zeros(1)))
     difference = (cells.index_select(0, padded_rows.index_select(0, owner))
                   - cells.index_select(0, position))
-    x, y, z = difference.unbind(1)
-    distance = torch.addcmul(torch.addcmul(x * x, y, y), z, z).sqrt_()
+    distance = _squared_norm(difference).sqrt_()
     usable = real_pair & keep.index_select(0, position)
     distance = torch.where(usable, distance, math.inf)
     by_distance = torch.argsort(distance)
