@@ -147,14 +147,19 @@ def _kept_rows(keep: torch.Tensor, capacity: int) -> torch.Tensor:
     return torch.nonzero_static(keep, size=capacity, fill_value=-1).squeeze(1)
 
 
-def _mask_counts(sorted_codes: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of ascending packed codes.
+def _mask_bounds(sorted_codes: torch.Tensor) -> torch.Tensor:
+    """Int64 ``(LABEL_CAPACITY + 1,)``: mask ``m`` owns ``sorted_codes[b[m]:b[m + 1]]``."""
+    return torch.searchsorted(sorted_codes, torch.arange(LABEL_CAPACITY + 1,
+                                                         device=sorted_codes.device)
+                              << _MASK_SHIFT)
 
-    Masks are ranges of the sorted codes: prefix sums at their bounds, without atomics.
+
+def _mask_counts(bounds: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of codes with ``_mask_bounds``.
+
+    Prefix sums at the bounds, without atomics.
     """
     prefix = torch.cat((flags.new_zeros(1, dtype=torch.int64), torch.cumsum(flags, 0)))
-    bounds = torch.searchsorted(sorted_codes, torch.arange(LABEL_CAPACITY + 1,
-                                                           device=flags.device) << _MASK_SHIFT)
     counts = prefix.index_select(0, bounds)
     return counts[1:] - counts[:-1]
 
@@ -335,11 +340,12 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     keep = live & (shifted == mode.index_select(0, cell_mask))
     k = config.outlier_neighbors
     if k > 0:
+        kept_per_mask = _counts(cell_mask, keep, LABEL_CAPACITY)
         mean_distance, knn_needed = _mean_knn_distance(
-            cells, cell_code, cell_mask, live, keep, neighbor, squared, k, voxel_size,
+            cells, cell_code, cell_mask, keep, kept_per_mask, neighbor, squared, k, voxel_size,
             capacities)
         positive = keep & (mean_distance > 0)
-        per_mask = _counts(cell_mask, keep, LABEL_CAPACITY).to(torch.float64)
+        per_mask = kept_per_mask.to(torch.float64)
         cloud_mean = _sums(cell_mask, positive, mean_distance, LABEL_CAPACITY) / per_mask
         squares = _sums(cell_mask, positive,
                         (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2,
@@ -382,7 +388,8 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     unique_pair = first & (pair_code != _SENTINEL)
     pair_mask, pair_xyz = _unpack(torch.where(unique_pair, pair_code, 0))
     pair_key = pack_keys(pair_xyz + origin)
-    alive = alive & (_mask_counts(pair_code, unique_pair) >= config.min_mask_points)
+    pair_bounds = _mask_bounds(pair_code)
+    alive = alive & (_mask_counts(pair_bounds, unique_pair) >= config.min_mask_points)
     alive_after.append(alive)
 
     # (g) boundary removal between the lifted masks.
@@ -394,7 +401,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     key_last = torch.cat((key_first[1:], key_first.new_ones(1)))
     interior = torch.empty_like(key_first).scatter_(0, key_order, key_first & key_last)
     interior &= lifted_pair
-    sizes = _mask_counts(pair_code, interior)
+    sizes = _mask_counts(pair_bounds, interior)
     alive = alive & (sizes > config.min_voxels_after_boundary)
     alive_after.append(alive)
     accepted_pair = interior & alive.index_select(0, pair_mask)
@@ -418,13 +425,15 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
 
 
 def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: torch.Tensor,
-                       live: torch.Tensor, keep: torch.Tensor, neighbor: torch.Tensor,
+                       keep: torch.Tensor, kept_per_mask: torch.Tensor, neighbor: torch.Tensor,
                        squared: torch.Tensor, k: int, voxel_size: float,
                        capacities: Capacities) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """``graph_ops.knn_mean_distance`` of the kept cells, exact where the window is short.
 
-    ``need = min(k, kept cells of the mask)``. A kept cell whose window holds ``need`` kept
-    cells takes their mean (the approximation ``lifting._denoise`` describes). The others
+    ``cell_code`` holds the cells' sorted packed codes (padding last), ``kept_per_mask`` the
+    kept cells per mask id. ``need = min(k, kept cells of the mask)``. A kept cell whose
+    window holds ``need`` kept cells takes their mean (the approximation
+    ``lifting._denoise`` describes). The others
     (up to ``capacities.pending``) search the column of their mask within ``_SLAB_CELLS``
     cells along x and y (one row range per x: cells are sorted by mask, x, y): a cell
     outside it is at least ``_SLAB_CELLS * voxel_size`` away, so a need-th smallest
@@ -437,7 +446,7 @@ def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: 
     device = cells.device
     num_cells = cells.shape[0]
     candidates = _window_candidates(neighbor, squared, keep, None, k)
-    need = _counts(cell_mask, keep, LABEL_CAPACITY).clamp(max=k).index_select(0, cell_mask)
+    need = kept_per_mask.clamp(max=k).index_select(0, cell_mask)
     finite = torch.isfinite(candidates)
     enough = finite.sum(1) >= need
     sums = torch.where(finite, candidates, 0.0).sum(1)
@@ -478,8 +487,9 @@ def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: 
     needed['far'] = (real_row & ~exact).sum()
     real_far = far < num_cells
     far_or_zero = torch.where(real_far, far, 0)
-    cells_per_mask = _counts(cell_mask, live, LABEL_CAPACITY)
-    mask_start = torch.cumsum(cells_per_mask, 0) - cells_per_mask
+    bounds = _mask_bounds(cell_code)
+    mask_start = bounds[:-1]
+    cells_per_mask = bounds[1:] - mask_start
     far_mask = cell_mask.index_select(0, far_or_zero)
     far_lengths = torch.where(real_far, cells_per_mask.index_select(0, far_mask), 0)
     needed['far_pairs'] = far_lengths.sum()
