@@ -99,8 +99,10 @@ class OnlineSegmenter:
             points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
                                         config.depth_near_m, config.depth_far_m, self.device)
         with self.timer.scope('surface'):
-            self._surface.integrate(points[valid], color[valid],
-                                    camera_center(frame.T_world_camera, self.device))
+            # The whole image with its mask: compacting the valid pixels would sync on CUDA.
+            self._surface.integrate(points.reshape(-1, 3), color.reshape(-1, 3),
+                                    camera_center(frame.T_world_camera, self.device),
+                                    valid.reshape(-1))
         self.frames_integrated += 1
         if masks is None:
             return IntegrationResult(0, 0, False, {})
@@ -128,17 +130,19 @@ class OnlineSegmenter:
         # Every mask key is an observed key (boundary removal only drops keys), and the
         # observed keys are sorted: no second hash insert needed.
         mask_slots = observed_slots[torch.searchsorted(lifted.observed_keys, lifted.mask_keys)]
-        rows = (lifted.labels - 1).cpu().numpy()
+        # Rows of the accepted masks, gathered on the device: reading the labels back would
+        # sync, and every mask's feature row is a small upload.
+        rows = lifted.labels.to(self.device) - 1
         features = None
         if masks.features is not None:
-            features = torch.from_numpy(masks.features[rows]).to(self.device, torch.float32)
+            features = torch.tensor(masks.features, dtype=torch.float32, device=self.device)[rows]
             self.semantic_active = True
         scores = None
         if masks.scores is not None:
-            scores = torch.from_numpy(masks.scores[rows]).to(self.device, torch.float32)
+            scores = torch.tensor(masks.scores, dtype=torch.float32, device=self.device)[rows]
         self._graph.insert_frame(observed_slots, mask_slots, lifted.mask_offsets.to(self.device),
                                  features, scores, num_slots=self._hash.num_slots)
-        return int(rows.size)
+        return rows.numel()
 
     def merge(self) -> Dict[str, float]:
         """Run one merge round (stage 1, stage 2, pruning) now."""

@@ -66,7 +66,8 @@ class SurfaceMap:
         self._reserve(1024)
 
     def integrate(self, points_world: torch.Tensor, colors: torch.Tensor,
-                  camera_center: torch.Tensor) -> torch.Tensor:
+                  camera_center: torch.Tensor, valid: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
         """Add one frame's valid pixels.
 
         Args:
@@ -74,9 +75,12 @@ class SurfaceMap:
                 ``floor(p / voxel_size_m)`` evaluated in float64.
             colors: uint8 ``(N, 3)`` RGB of the same pixels.
             camera_center: float ``(3,)`` optical centre of the frame in the world (m).
+            valid: bool ``(N,)`` rows to add, or None (all). Passing the whole image with
+                its mask instead of the valid rows avoids compacting them (a host sync on
+                CUDA); invalid rows may hold anything.
 
         Returns:
-            int64 ``(N,)`` slot of each point's voxel.
+            int64 ``(N,)`` slot of each point's voxel, -1 for invalid rows.
 
         """
         if points_world.ndim != 2 or points_world.shape[1] != 3:
@@ -84,21 +88,27 @@ class SurfaceMap:
         if colors.shape != points_world.shape or colors.dtype != torch.uint8:
             raise ValueError(f'colors must be uint8 {tuple(points_world.shape)}, got '
                              f'{colors.dtype} {tuple(colors.shape)}')
+        if valid is not None and tuple(valid.shape) != (points_world.shape[0],):
+            raise ValueError(f'valid must be ({points_world.shape[0]},), got '
+                             f'{tuple(valid.shape)}')
         points = points_world.to(device=self.device, dtype=torch.float64)
-        slots = self.voxel_hash.insert(voxel_keys(points, self.config.voxel_size_m))
+        if valid is not None:
+            valid = valid.to(self.device)
+        slots = self.voxel_hash.insert(voxel_keys(points, self.config.voxel_size_m), valid)
         self._reserve(self.voxel_hash.num_slots)
+        # Invalid rows accumulate into the spare row past the capacity, which nothing reads.
+        rows = slots if valid is None else torch.where(valid, slots, self._capacity)
         arrays = self._arrays
-        arrays['point_sum'].index_add_(0, slots, points)
-        arrays['color_sum'].index_add_(0, slots,
-                                       colors.to(device=self.device, dtype=torch.int64))
-        arrays['pixel_count'].index_add_(0, slots, torch.ones_like(slots))
+        arrays['point_sum'].index_add_(0, rows, points)
+        arrays['color_sum'].index_add_(0, rows, colors.to(device=self.device, dtype=torch.int64))
+        arrays['pixel_count'].index_add_(0, rows, torch.ones_like(rows))
         # Gather then scatter: duplicate slots all write the same incremented value, so each
         # voxel counts this frame once without sorting the slots.
         observations = arrays['observations']
-        observations[slots] = observations[slots] + 1
+        observations[rows] = observations[rows] + 1
         view = camera_center.to(device=self.device, dtype=torch.float64) - points
         view = view / torch.linalg.vector_norm(view, dim=1, keepdim=True).clamp_min(1e-12)
-        arrays['view_sum'].index_add_(0, slots, view)
+        arrays['view_sum'].index_add_(0, rows, view)
         return slots
 
     def surface(self, min_observations: Optional[int] = None,
@@ -178,7 +188,10 @@ class SurfaceMap:
             self._arrays[name][:num_slots] = state[name].to(self.device)
 
     def _reserve(self, num_slots: int) -> None:
-        """Grow every per-slot array (by doubling) to hold ``num_slots`` slots."""
+        """Grow every per-slot array (by doubling) to hold ``num_slots`` slots.
+
+        Each array has one spare row past the capacity, the sink of invalid rows.
+        """
         if num_slots <= self._capacity:
             return
         capacity = max(1024, 1 << (num_slots - 1).bit_length())
@@ -186,10 +199,10 @@ class SurfaceMap:
                   'pixel_count': (None, torch.int64), 'observations': (None, torch.int32),
                   'view_sum': (3, torch.float64)}
         for name, (width, dtype) in shapes.items():
-            shape = (capacity,) if width is None else (capacity, width)
+            shape = (capacity + 1,) if width is None else (capacity + 1, width)
             grown = torch.zeros(shape, dtype=dtype, device=self.device)
             if name in self._arrays:
-                grown[:self._capacity] = self._arrays[name]
+                grown[:self._capacity] = self._arrays[name][:self._capacity]
             self._arrays[name] = grown
         self._capacity = capacity
 

@@ -6,7 +6,7 @@ A voxel is addressed by the integer lattice coordinate of its lower corner,
 not depend on any hash-map internals, so it never changes when a table rehashes.
 """
 
-from typing import Dict, Optional, Union
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -89,11 +89,14 @@ class VoxelHash:
     few rounds. The table doubles (and rehashes the same slots) when the load or the
     displacement bound would be exceeded. Keys must be non-negative (``pack_keys`` output).
 
-    Host syncs per ``insert``: the number of runs of equal keys, the number of new keys, and
-    one check per ``_ROUNDS_PER_CHECK`` placement rounds (usually one); none per ``lookup``.
-    That is the ``sync_free`` mode (the CUDA default); otherwise (the CPU default, where a
-    sync costs nothing) finished work is compacted away: lookups skip the window scan for
-    keys settled by their home bucket, and insertion checks after every round.
+    Host syncs: none per ``lookup``; one per ``insert`` in the ``sync_free`` mode (the CUDA
+    default), which masks finished work instead of compacting it: every entry is looked
+    up, the new keys are numbered and placed for ``_ROUNDS_PER_CHECK`` rounds, and a single
+    read returns their count with the placement progress (more reads only when keys still
+    wait after those rounds or the table grows). Otherwise (the CPU default, where a sync
+    costs nothing) finished work is compacted away: runs of equal keys collapse first,
+    lookups skip the window scan for keys settled by their home bucket, and insertion
+    checks after every round.
     """
 
     def __init__(self, device: Union[str, torch.device] = 'cpu',
@@ -158,47 +161,122 @@ class VoxelHash:
         flat = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
         return self._probe_lookup(flat).reshape(keys.shape)
 
-    def insert(self, keys: torch.Tensor) -> torch.Tensor:
+    def insert(self, keys: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Add int64 ``keys`` (any shape, duplicates allowed); return their slots (same shape).
 
         New keys get slots ``num_slots, num_slots + 1, ...`` in order of first occurrence.
+        ``valid``: bool, the shape of ``keys``, or None (all valid); invalid entries are not
+        inserted, their keys may hold anything, and their slot is -1.
         """
         flat = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        if valid is not None:
+            if valid.shape != keys.shape:
+                raise ValueError(f'valid {tuple(valid.shape)} does not match keys '
+                                 f'{tuple(keys.shape)}')
+            valid = valid.reshape(-1).to(device=self.device, dtype=torch.bool)
         if flat.numel() == 0:
-            return torch.empty(keys.shape, dtype=torch.int64, device=self.device)
+            slots = flat.clone()
+        elif self.sync_free:
+            slots = self._insert_sync_free(flat, valid)
+        elif valid is not None:
+            rows = torch.nonzero(valid).squeeze(1)
+            slots = torch.full_like(flat, -1)
+            slots[rows] = self._insert_compact(flat[rows])
+        else:
+            slots = self._insert_compact(flat)
+        return slots.reshape(keys.shape)
+
+    def _insert_compact(self, flat: torch.Tensor) -> torch.Tensor:
+        """``insert`` of int64 ``(n,)`` keys by compaction (three host syncs, fewer entries)."""
+        if flat.numel() == 0:
+            return flat.clone()
         # Runs of equal keys (neighbouring pixels, sorted key lists) collapse in O(n) before
         # the lookup and the sort of the absent keys.
         run_keys, run_of_key = torch.unique_consecutive(flat, return_inverse=True)
         slots = self._probe_lookup(run_keys)
-        # Distinct absent keys: one stable sort, runs of equal keys start a new key each.
-        # Sync-free, present keys sort last as _NO_KEY; otherwise only absent keys are sorted.
-        if self.sync_free:
-            sorted_keys, order = torch.sort(torch.where(slots < 0, run_keys, _NO_KEY),
-                                            stable=True)
-        else:
-            absent = torch.nonzero(slots < 0).squeeze(1)
-            sorted_keys, order_of_absent = torch.sort(run_keys[absent], stable=True)
-            order = absent[order_of_absent]
-        starts = sorted_keys != _NO_KEY
-        starts[1:] &= sorted_keys[1:] != sorted_keys[:-1]
+        absent = torch.nonzero(slots < 0).squeeze(1)
+        sorted_keys, order_of_absent = torch.sort(run_keys[absent], stable=True)
+        order = absent[order_of_absent]
+        new = self._number_new_keys(sorted_keys, order)
         num_new, has_negative = torch.stack(
-            (starts.sum(), (run_keys < 0).any().to(torch.int64))).tolist()
+            (new.count, (run_keys < 0).any().to(torch.int64))).tolist()
         if has_negative:
             raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
-        if num_new > 0:
-            new_of_sorted = torch.cumsum(starts, 0) - 1
-            # The stable sort puts each new key's first occurrence at the start of its run.
-            first_seen = torch.zeros(num_new + 1, dtype=torch.int64, device=self.device)
-            first_seen.scatter_(0, torch.where(starts, new_of_sorted, num_new), order)
-            first_seen = first_seen[:num_new]
-            by_first_seen = torch.argsort(first_seen)
-            rank = torch.empty_like(by_first_seen)
-            rank[by_first_seen] = torch.arange(num_new, device=self.device)
-            is_new = sorted_keys != _NO_KEY
-            slots[order] = torch.where(is_new, self._num_slots + rank[new_of_sorted.clamp(min=0)],
-                                       slots[order])
-            self._append(run_keys[first_seen[by_first_seen]])
-        return slots[run_of_key].reshape(keys.shape)
+        if num_new:
+            slots[order] = torch.where(new.is_new, new.slot_of_sorted, slots[order])
+            self._append(run_keys[new.first_seen[:num_new]])
+        return slots[run_of_key]
+
+    def _insert_sync_free(self, flat: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """``insert`` of int64 ``(n,)`` keys with one host sync (usually).
+
+        Every entry is looked up, sorted and offered for placement, with finished or
+        invalid entries masked instead of compacted: the new keys are placed (a few
+        rounds) before their number is known, and one read then returns that number, the
+        placement progress and the negative-key check together. Whatever that read says
+        is wrong (load, displacement, keys left waiting, negative keys) is settled as
+        ``_append`` would: a rehash, or more placement rounds.
+        """
+        n = flat.numel()
+        slots = self._probe_lookup(flat)
+        candidate = slots < 0 if valid is None else (slots < 0) & valid
+        negative = (candidate & (flat < 0)).any()
+        candidate &= flat >= 0
+        sorted_keys, order = torch.sort(torch.where(candidate, flat, _NO_KEY), stable=True)
+        new = self._number_new_keys(sorted_keys, order)
+        slots[order] = torch.where(new.is_new, new.slot_of_sorted, slots[order])
+        if valid is not None:
+            # Masked-out entries may hold any key, present ones included.
+            slots = torch.where(valid, slots, -1)
+        # The new keys in slot order; ranks past their count hold _NO_KEY and stay unplaced.
+        first_seen = new.first_seen
+        new_keys = torch.where(first_seen < n, flat[first_seen.clamp(max=n - 1)], _NO_KEY)
+        first_slot = self._num_slots
+        self._reserve_slots(first_slot + n)
+        self._slot_keys[first_slot:first_slot + n] = new_keys
+        placement = self._claim(new_keys, torch.arange(first_slot, first_slot + n,
+                                                       device=self.device),
+                                settled=new_keys == _NO_KEY)
+        num_new, has_negative, waiting, farthest = torch.stack(
+            (new.count, negative.to(torch.int64), *placement.progress(self.table_size))
+        ).tolist()
+        if has_negative:
+            self._rehash(self.table_size)  # drops this call's placements
+            raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
+        self._num_slots = needed = first_slot + num_new
+        if needed > self.max_load * self.table_size:
+            self._rehash(_next_power_of_two(needed / self.max_load))
+        elif not self._settle(placement, waiting, farthest):
+            self._rehash(2 * self.table_size)
+        return slots
+
+    def _number_new_keys(self, sorted_keys: torch.Tensor, order: torch.Tensor) -> '_NewKeys':
+        """Slots for the distinct keys among ``sorted_keys`` (``_NO_KEY`` = not new).
+
+        Args:
+            sorted_keys: int64 ``(m,)`` keys, stably sorted, ``_NO_KEY`` for entries that
+                are not new (they sort last).
+            order: int64 ``(m,)`` entry index of each sorted key (the stable sort's order).
+
+        Returns:
+            ``_NewKeys``: ``is_new`` and ``slot_of_sorted`` (m,) per sorted entry;
+            ``first_seen`` (m,): by slot, the entry index of each new key's first
+            occurrence, ``_NO_KEY`` past the new keys; ``count``: a device scalar.
+
+        """
+        m = sorted_keys.numel()
+        is_new = sorted_keys != _NO_KEY
+        starts = is_new.clone()
+        starts[1:] &= sorted_keys[1:] != sorted_keys[:-1]
+        new_of_sorted = torch.cumsum(starts, 0) - 1
+        # The stable sort puts each new key's first occurrence at the start of its run.
+        first_seen = torch.full((m + 1,), _NO_KEY, dtype=torch.int64, device=self.device)
+        first_seen.scatter_(0, torch.where(starts, new_of_sorted, m), order)
+        by_first_seen = torch.argsort(first_seen[:m])
+        rank = torch.empty_like(by_first_seen)
+        rank[by_first_seen] = torch.arange(m, device=self.device)
+        slot_of_sorted = self._num_slots + rank[new_of_sorted.clamp(min=0)]
+        return _NewKeys(is_new, slot_of_sorted, first_seen[by_first_seen], starts.sum())
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Return the slot keys (int64 ``(num_slots,)``, CPU); slot ``s`` holds ``keys[s]``."""
@@ -212,15 +290,19 @@ class VoxelHash:
         self.reset()
         self.insert(keys)
 
+    def _reserve_slots(self, needed: int) -> None:
+        """Grow the slot-key buffer (by doubling) to hold ``needed`` slots."""
+        if needed > self._slot_keys.numel():
+            grown = torch.empty(_next_power_of_two(needed), dtype=torch.int64,
+                                device=self.device)
+            grown[:self._num_slots] = self.keys
+            self._slot_keys = grown
+
     def _append(self, new_keys: torch.Tensor) -> None:
         """Give distinct, absent ``new_keys`` the next slots, in order, and place them."""
         first_slot = self._num_slots
         needed = first_slot + new_keys.numel()
-        if needed > self._slot_keys.numel():
-            grown = torch.empty(_next_power_of_two(needed), dtype=torch.int64,
-                                device=self.device)
-            grown[:first_slot] = self.keys
-            self._slot_keys = grown
+        self._reserve_slots(needed)
         self._slot_keys[first_slot:needed] = new_keys
         self._num_slots = needed
         if needed > self.max_load * self.table_size:
@@ -276,6 +358,17 @@ class VoxelHash:
 
         Too crowded: a key found no empty bucket within ``_MAX_DISPLACEMENT`` of its home
         bucket; the caller then rebuilds a larger table.
+        """
+        if keys.numel() == 0:
+            return True
+        placement = self._claim(keys, slots)
+        waiting, farthest = torch.stack(placement.progress(self.table_size)).tolist()
+        return self._settle(placement, waiting, farthest)
+
+    def _claim(self, keys: torch.Tensor, slots: torch.Tensor,
+               settled: Optional[torch.Tensor] = None, home: Optional[torch.Tensor] = None,
+               start: Optional[torch.Tensor] = None) -> '_Placement':
+        """Run ``_rounds_per_check`` placement rounds for int64 ``(n,)`` keys and slots.
 
         Each round, every unplaced key claims the first empty bucket of its current window
         (``_INSERT_WINDOW`` buckets from its home bucket + a start that moves on past full
@@ -283,39 +376,71 @@ class VoxelHash:
         and the others try again. Buckets are only ever filled, so each key still sits at
         the first empty bucket from its home at the time it was placed: linear probing's
         invariant, which lets ``_probe_lookup`` scan a fixed window.
+
+        ``settled``: bool ``(n,)`` entries not to place (padding); ``home`` and ``start``
+        continue an earlier ``_Placement``.
         """
-        if keys.numel() == 0:
-            return True
         mask, scratch = self.table_size - 1, self.table_size
-        home = _hash(keys, mask)
+        home = _hash(keys, mask) if home is None else home
+        start = torch.zeros_like(keys) if start is None else start
         window_offsets = torch.arange(_INSERT_WINDOW, device=self.device)
-        start = torch.zeros_like(keys)
         bucket = home.clone()
-        placed = torch.zeros_like(keys, dtype=torch.bool)
-        farthest = 0
-        while True:
-            for _ in range(self._rounds_per_check):
-                window = (home + start)[:, None] + window_offsets & mask
-                empty = self._table_keys[window] == EMPTY_KEY
-                has_empty = empty.any(1)
-                claims = ~placed & has_empty
-                target = torch.where(claims, window.gather(
-                    1, empty.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1), scratch)
-                self._table_keys[target] = keys
-                won = claims & (self._table_keys[target] == keys)
-                self._table_slots[torch.where(won, target, scratch)] = slots
-                bucket = torch.where(won, target, bucket)
-                placed |= won
-                start = torch.where(placed | has_empty, start, start + _INSERT_WINDOW)
-            waiting, round_farthest = torch.stack(
-                ((~placed).sum(), torch.maximum(start, (bucket - home) & mask).max())).tolist()
-            farthest = max(farthest, round_farthest)
-            if farthest >= _MAX_DISPLACEMENT:
-                return False
+        placed = (torch.zeros_like(keys, dtype=torch.bool) if settled is None
+                  else settled.clone())
+        for _ in range(self._rounds_per_check):
+            window = (home + start)[:, None] + window_offsets & mask
+            empty = self._table_keys[window] == EMPTY_KEY
+            has_empty = empty.any(1)
+            claims = ~placed & has_empty
+            target = torch.where(claims, window.gather(
+                1, empty.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1), scratch)
+            self._table_keys[target] = keys
+            won = claims & (self._table_keys[target] == keys)
+            self._table_slots[torch.where(won, target, scratch)] = slots
+            bucket = torch.where(won, target, bucket)
+            placed |= won
+            start = torch.where(placed | has_empty, start, start + _INSERT_WINDOW)
+        return _Placement(keys, slots, home, start, bucket, placed)
+
+    def _settle(self, placement: '_Placement', waiting: int, farthest: int) -> bool:
+        """Finish a placement whose progress was read: more rounds while keys wait.
+
+        Returns False when a key would sit ``_MAX_DISPLACEMENT`` or more from home.
+        """
+        while farthest < _MAX_DISPLACEMENT:
             if waiting == 0:
                 self._window = max(self._window, farthest + 1)
                 return True
             # Only the keys still waiting go on (their number is known now).
-            keep = torch.nonzero(~placed).squeeze(1)
-            keys, slots, home, start = keys[keep], slots[keep], home[keep], start[keep]
-            bucket, placed = home.clone(), placed[keep]
+            keep = torch.nonzero(~placement.placed).squeeze(1)
+            placement = self._claim(placement.keys[keep], placement.slots[keep],
+                                    home=placement.home[keep], start=placement.start[keep])
+            waiting, round_farthest = torch.stack(
+                placement.progress(self.table_size)).tolist()
+            farthest = max(farthest, round_farthest)
+        return False
+
+
+class _NewKeys(NamedTuple):
+    """Numbering of the new keys of one insert (``VoxelHash._number_new_keys``)."""
+
+    is_new: torch.Tensor
+    slot_of_sorted: torch.Tensor
+    first_seen: torch.Tensor
+    count: torch.Tensor
+
+
+class _Placement(NamedTuple):
+    """State of keys being placed: int64 ``(n,)`` each, ``placed`` bool ``(n,)``."""
+
+    keys: torch.Tensor
+    slots: torch.Tensor
+    home: torch.Tensor
+    start: torch.Tensor
+    bucket: torch.Tensor
+    placed: torch.Tensor
+
+    def progress(self, table_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Device scalars: keys still waiting, and the farthest displacement so far."""
+        displacement = (self.bucket - self.home) & (table_size - 1)
+        return (~self.placed).sum(), torch.maximum(self.start, displacement).max()

@@ -98,6 +98,37 @@ def test_sphere_normals_follow_the_radius():
     assert np.all(cosine > 0.8)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_valid_mask_equals_integrating_the_valid_rows(device):
+    rng = np.random.default_rng(5)
+    normal = np.array([0.1, 0.4, 1.0])
+    masked_map, masked_hash = _new_map(device, min_observations=1)
+    compact_map, compact_hash = _new_map(device, min_observations=1)
+    for _ in range(3):
+        points, colors = _plane_frame(rng, normal, count=3000)
+        points = torch.tensor(points, dtype=torch.float32, device=device)
+        colors = torch.tensor(colors, dtype=torch.uint8, device=device)
+        valid = torch.tensor(rng.random(3000) < 0.6, device=device)
+        # Invalid rows hold junk the map must not see: NaN and far-away points.
+        junk = torch.where(torch.rand(3000, 1, device=device) < 0.5, float('nan'), 50.0)
+        slots = masked_map.integrate(torch.where(valid[:, None], points, junk), colors,
+                                     torch.tensor(2.0 * normal, device=device), valid)
+        expected = compact_map.integrate(points[valid], colors[valid],
+                                         torch.tensor(2.0 * normal, device=device))
+        assert torch.equal(slots[valid], expected)
+        assert bool((slots[~valid] == -1).all())
+    assert torch.equal(masked_hash.keys, compact_hash.keys)
+    masked, compact = masked_map.surface(), compact_map.surface()
+    assert torch.equal(masked.slots, compact.slots)
+    assert torch.equal(masked.counts, compact.counts)
+    assert torch.equal(masked.observations, compact.observations)
+    assert torch.equal(masked.colors, compact.colors)
+    torch.testing.assert_close(masked.points, compact.points)
+    torch.testing.assert_close(masked.normals, compact.normals)
+    with pytest.raises(ValueError, match='valid must be'):
+        masked_map.integrate(points, colors, torch.zeros(3), valid[:10])
+
+
 def test_arrays_grow_with_slots_added_by_another_user():
     surface_map, voxel_hash = _new_map('cpu', min_observations=1)
     # The mask graph allocates slots the map has never seen.

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from onlineanyseg_ros.core import voxel_hash as voxel_hash_module
 from onlineanyseg_ros.core.voxel_hash import (COORD_OFFSET, pack_keys, unpack_keys, voxel_keys,
@@ -97,6 +98,77 @@ def test_shapes_empty_inputs_and_invalid_keys(mode):
         VoxelHash(device, initial_capacity=0)
     # Sync-free by default exactly on CUDA.
     assert VoxelHash(device).sync_free == (torch.device(device).type == 'cuda')
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_masked_out_entries_are_neither_inserted_nor_given_a_slot(mode):
+    device, sync_free = mode
+    voxel_hash = VoxelHash(device, initial_capacity=4, sync_free=sync_free)
+    generator = torch.Generator().manual_seed(7)
+    reference = {}
+    for _ in range(6):
+        keys = pack_keys(torch.randint(-20, 20, (2000, 3), generator=generator))
+        valid = torch.rand(2000, generator=generator) < 0.7
+        # Masked-out entries hold junk: negative keys, and keys of other entries (present
+        # or new), none of which may be inserted.
+        junk = torch.where(torch.rand(2000, generator=generator) < 0.5, -5, keys.flip(0))
+        slots = voxel_hash.insert(torch.where(valid, keys, junk).to(device),
+                                  valid.to(device)).cpu()
+        assert slots[valid].tolist() == _reference_insert(reference, keys[valid])
+        assert bool((slots[~valid] == -1).all())
+        assert voxel_hash.num_slots == len(reference)
+    with pytest.raises(ValueError, match='does not match'):
+        voxel_hash.insert(keys.to(device), valid[:5].to(device))
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_a_negative_key_rejects_the_whole_insert_and_keeps_the_table(mode):
+    device, sync_free = mode
+    voxel_hash = VoxelHash(device, initial_capacity=8, sync_free=sync_free)
+    old = pack_keys(torch.arange(30).reshape(10, 3))
+    voxel_hash.insert(old.to(device))
+    new = pack_keys(torch.arange(30, 60).reshape(10, 3))
+    with pytest.raises(ValueError, match='non-negative'):
+        voxel_hash.insert(torch.cat([new, torch.tensor([-3])]).to(device))
+    assert voxel_hash.num_slots == 10
+    assert voxel_hash.lookup(new.to(device)).tolist() == [-1] * 10
+    assert voxel_hash.lookup(old.to(device)).tolist() == list(range(10))
+    assert voxel_hash.insert(new.to(device)).tolist() == list(range(10, 20))
+
+
+class _HostReads(TorchDispatchMode):
+    """Count the operators and ``tolist`` calls that read device data on the host."""
+
+    NAMES = ('nonzero', '_unique2', 'unique_consecutive', '_local_scalar_dense',
+             'is_nonzero', 'masked_select', 'equal')
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(tensor):
+            self.count += 1
+            return tolist(tensor)
+
+        monkeypatch.setattr(torch.Tensor, 'tolist', counted_tolist)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.__name__.split('.')[0] in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('sync_free', (True, False))
+def test_sync_free_insert_reads_the_host_once(sync_free, monkeypatch):
+    generator = torch.Generator().manual_seed(8)
+    voxel_hash = VoxelHash('cpu', initial_capacity=1 << 14, sync_free=sync_free)
+    voxel_hash.insert(pack_keys(torch.randint(-20, 20, (3000, 3), generator=generator)))
+    keys = pack_keys(torch.randint(-25, 25, (3000, 3), generator=generator))
+    valid = torch.rand(3000, generator=generator) < 0.8
+    with _HostReads(monkeypatch) as reads:
+        voxel_hash.insert(keys, valid)
+    # Compacting mode: runs, absent keys, new-key count, placement (and valid rows).
+    assert reads.count == 1 if sync_free else reads.count >= 4
 
 
 def test_state_dict_round_trip_and_reset():
