@@ -21,16 +21,19 @@ coordinates. State (all on ``device``):
 - dense containment ``C[a, b]`` ("a contains b") with capacity doubling;
 - ``merged_of_raw``: raw id (append-only, one per inserted mask) -> merged id, -1 = removed.
 
-Host syncs happen only where a size must be known: the number of deduplicated new
-(mask, voxel) pairs, the lengths of joined index lists (segment expansion sizes),
-the number of overlapping pairs, the largest inserted slot when the caller does not give the
-slot-space size, the entries frozen when a word fills up (every 63 insertions), and (merge
-rounds only) the merge decisions: the edge list goes to the host, which labels the
-components and sends the renumbering back in one copy.
+Host syncs happen only where a size must be known. An insertion reads twice: the number
+of deduplicated new (mask, voxel) pairs with the length of their join, then the number of
+overlapping pairs with the lengths of the visibility expansions (entries are masked, not
+compacted, so that sizes known together are read together). More reads: the largest
+inserted slot when the caller does not give the slot-space size, the entries frozen when a
+word fills up (every 63 insertions), a frame whose visibility expansion exceeds
+``_PAIR_VOXELS`` (chunked), and in merge rounds the joins and the merge decisions: the edge
+list goes to the host, which labels the components and sends the renumbering back in one
+copy.
 """
 
 import bisect
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -80,6 +83,37 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack bool/uint8 ``(n, W * 63)`` bits into int64 ``(n, W)`` words."""
     shifts = torch.arange(BITS_PER_WORD, device=bits.device)
     return (bits.view(bits.shape[0], -1, BITS_PER_WORD).to(torch.int64) << shifts).sum(-1)
+
+
+def _run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
+    """Bool ``(n,)``: the first entry of each run of equal values in a sorted ``(n,)``."""
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return starts
+
+
+def _run_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Int64 sums of consecutive runs: ``values`` ``(sum(lengths),)``, ``lengths`` ``(n,)``.
+
+    Prefix sums read at the run bounds: no atomics, which an ``index_add_`` over sorted
+    owners serialises on CUDA.
+    """
+    prefix = torch.nn.functional.pad(torch.cumsum(values.to(torch.int64), 0), (1, 0))
+    ends = torch.cumsum(lengths, 0)
+    return prefix[ends] - prefix[ends - lengths]
+
+
+class _FramePairs(NamedTuple):
+    """A frame's deduplicated (mask, slot) pairs and their overlap with the current masks.
+
+    ``masks``, ``slots``: int64 ``(V,)``, ordered by mask (``0..k-1``) then slot.
+    ``overlap``: int64 ``(k, M)`` voxels shared with each of the ``M`` current masks (None
+    when there were none).
+    """
+
+    masks: torch.Tensor
+    slots: torch.Tensor
+    overlap: Optional[torch.Tensor] = None
 
 
 class MaskGraph:
@@ -246,13 +280,12 @@ class MaskGraph:
         frame = self._num_insertions
         # Mask voxels are observed by definition; adding them keeps vis >= overlap.
         self._mark_observed(torch.cat([observed_slots, mask_slots]), frame, num_slots)
-        existing = self._num_merged
         if num_masks:
-            new_voxels = self._append_masks(mask_slots, mask_offsets, features, scores, frame)
+            existing = self._num_merged
+            pairs = self._frame_pairs(mask_slots, mask_offsets, join=existing > 0)
+            self._append_masks(pairs.masks, pairs.slots, num_masks, features, scores, frame)
             if existing:
-                new_ids = torch.arange(existing, existing + num_masks, device=self.device)
-                self._update_containment(new_ids, target_limit=existing,
-                                         query_voxels=new_voxels)
+                self._contain_new_masks(pairs, existing, frame)
         self._num_insertions += 1
 
     def _check_frame(self, observed_slots, mask_slots, mask_offsets, features, scores) -> int:
@@ -307,21 +340,16 @@ class MaskGraph:
                 self._frozen_keys, self._frozen_words, keys, self._active_bits[slots])
         self._active_bits.zero_()
 
-    def _append_masks(self, mask_slots, mask_offsets, features, scores,
-                      frame: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _append_masks(self, masks: torch.Tensor, slots: torch.Tensor, num_masks: int,
+                      features, scores, frame: int) -> None:
         """Append one frame's masks as merged masks of weight 1 (C rows zero, diagonal 1).
 
-        Returns the deduplicated new voxels as ``(mask index in the frame, slot)``, int64
-        ``(V,)`` each, ordered by mask then slot.
+        ``masks``, ``slots``: int64 ``(V,)`` deduplicated (mask index in the frame, slot)
+        pairs, ordered by mask then slot (``_frame_pairs``).
         """
-        num_masks = mask_offsets.numel() - 1
         old = self._num_merged
         new = old + num_masks
-        local = torch.searchsorted(mask_offsets[1:], torch.arange(
-            mask_slots.numel(), device=self.device), right=True)
-        keys = torch.unique(((local + old) << _KEY_SHIFT) | mask_slots)
-        new_mids, new_slots = keys >> _KEY_SHIFT, keys & _SLOT_MASK
-        self._append_incidence(new_mids, new_slots, num_masks)
+        self._append_incidence(masks + old, slots, num_masks)
         word, bit = divmod(frame, BITS_PER_WORD)
         frames = self._long((num_masks, self._frames.shape[1]))
         frames[:, word] = 1 << bit
@@ -347,7 +375,6 @@ class MaskGraph:
         diagonal = torch.arange(old, new, device=self.device) * (self._containment.shape[0] + 1)
         self._containment.view(-1).index_fill_(0, diagonal, 1.0)
         self._num_merged = new
-        return new_mids - old, new_slots
 
     def _append_rows(self, table: Optional[torch.Tensor], rows: Optional[torch.Tensor],
                      count: int) -> Optional[torch.Tensor]:
@@ -424,16 +451,34 @@ class MaskGraph:
         """Join slots with the merged incidence: ``(index into slots, merged id)`` pairs.
 
         Ordered by slot index, then merged id: per slot the main run's ids, then the delta
-        run's (all larger).
+        run's (all larger). One host sync: the number of pairs.
+        """
+        ranges = self._join_ranges(slots)
+        return self._expand_join(ranges, int(ranges[-1].sum()))
+
+    def _join_ranges(self, slots: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Where int64 ``(n,)`` slots sit in the slot-sorted incidence runs (no host sync).
+
+        Returns ``(low, main_counts, delta_low, counts)``, int64 ``(n,)`` each: the first
+        entry and entry count in the main run, the first entry in the delta run, and the
+        total count (main + delta) per slot.
         """
         low = torch.searchsorted(self._by_slot, slots)
         main_counts = torch.searchsorted(self._by_slot, slots, right=True) - low
-        if not self._delta_slot.numel():
-            owner, position = expand_segments(low, main_counts, int(main_counts.sum()))
-            return owner, self._by_slot_mid[position]
         delta_low = torch.searchsorted(self._delta_slot, slots)
-        counts = main_counts + torch.searchsorted(self._delta_slot, slots, right=True) - delta_low
-        owner, position = expand_segments(low, counts, int(counts.sum()))
+        delta_counts = torch.searchsorted(self._delta_slot, slots, right=True) - delta_low
+        return low, main_counts, delta_low, main_counts + delta_counts
+
+    def _expand_join(self, ranges: Tuple[torch.Tensor, ...],
+                     total: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``_join`` from ``_join_ranges`` output; ``total`` must equal ``counts.sum()``.
+
+        Entries may carry counts other than their ranges' (0 masks an entry out).
+        """
+        low, main_counts, delta_low, counts = ranges
+        owner, position = expand_segments(low, counts, total)
+        if not self._delta_slot.numel():
+            return owner, self._by_slot_mid[position]
         # Past its main count a position continues in the delta run. (The main run is not
         # empty here: a delta is merged in as soon as it outgrows a quarter of it.)
         beyond = position - (low + main_counts)[owner]
@@ -462,18 +507,106 @@ class MaskGraph:
 
     # ----------------------------------------------------------------- containment
 
-    def _update_containment(self, query_ids: torch.Tensor, target_limit: Optional[int] = None,
+    def _frame_pairs(self, mask_slots: torch.Tensor, mask_offsets: torch.Tensor,
+                     join: bool) -> '_FramePairs':
+        """Deduplicate a frame's (mask, slot) pairs and, with ``join``, count the overlap.
+
+        The frame's masks are numbered ``0..k-1``. Duplicates are masked out, not
+        compacted, so that one host read returns both sizes that the insertion needs
+        before its overlap counts: the deduplicated pairs and the join's length. The join
+        runs before the new masks are appended, so it meets current masks only.
+        """
+        num_masks = mask_offsets.numel() - 1
+        mask_of_entry = torch.searchsorted(mask_offsets[1:], torch.arange(
+            mask_slots.numel(), device=self.device), right=True)
+        keys = torch.sort((mask_of_entry << _KEY_SHIFT) | mask_slots).values
+        first = _run_starts(keys)
+        slots = keys & _SLOT_MASK
+        if not join:
+            num_pairs = int(first.sum())
+            rows = torch.nonzero_static(first, size=num_pairs).squeeze(1)
+            return _FramePairs(keys[rows] >> _KEY_SHIFT, slots[rows])
+        ranges = self._join_ranges(slots)
+        join_counts = ranges[-1] * first
+        num_pairs, join_total = torch.stack((first.sum(), join_counts.sum())).tolist()
+        rows = torch.nonzero_static(first, size=num_pairs).squeeze(1)
+        existing = self._num_merged
+        entry, target = self._expand_join(ranges[:3] + (join_counts,), join_total)
+        overlap = self._long(num_masks * existing).index_add_(
+            0, (keys[entry] >> _KEY_SHIFT) * existing + target,
+            torch.ones_like(target)).view(num_masks, existing)
+        return _FramePairs(keys[rows] >> _KEY_SHIFT, slots[rows], overlap)
+
+    def _contain_new_masks(self, pairs: '_FramePairs', existing: int, frame: int) -> None:
+        """Write ``C`` between the masks just appended and the ``existing`` ones they overlap.
+
+        Query A of method.md 3.6 for the new masks, both directions, as
+        ``_update_containment`` computes it, with two shortcuts that hold for new masks
+        only: their frame set is ``frame`` alone, so "target seen in the query's frames"
+        is the target's voxels observed in ``frame`` (counted once per target, for every
+        query alike); and every expansion's size follows from the overlap counts, read
+        back with the pair count in one host sync.
+        """
+        new_ids = torch.arange(existing, self._num_merged, device=self.device)
+        overlaps = pairs.overlap > 0
+        targets_per_query = overlaps.sum(1)
+        is_target = overlaps.any(0)
+        query_voxels = self._voxel_counts[new_ids]
+        # Frozen observation entries of the new masks' voxels (in incidence order).
+        frozen_low = torch.searchsorted(self._frozen_keys, pairs.slots << _WORD_BITS)
+        frozen_counts = torch.searchsorted(self._frozen_keys,
+                                           (pairs.slots + 1) << _WORD_BITS) - frozen_low
+        frozen_per_query = _run_sums(frozen_counts, query_voxels)
+        num_pairs, pair_voxels, pair_frozen, num_targets, target_voxels = torch.stack(
+            (overlaps.sum(), (query_voxels * targets_per_query).sum(),
+             (frozen_per_query * targets_per_query).sum(), is_target.sum(),
+             (self._voxel_counts[:existing] * is_target).sum())).tolist()
+        if not num_pairs:
+            return
+        rows, targets = torch.nonzero_static(overlaps, size=num_pairs).unbind(1)
+        queries = new_ids[rows]
+        # Target seen in the query's frames: its voxels with this frame's bit.
+        distinct = torch.nonzero_static(is_target, size=num_targets).squeeze(1)
+        lengths = self._voxel_counts[distinct]
+        position = expand_segments(self._mask_ptr[distinct], lengths, target_voxels)[1]
+        bit = frame % BITS_PER_WORD
+        seen_now = self._long(existing)
+        seen_now[distinct] = _run_sums((self._active_bits[self._inc_slot[position]] >> bit) & 1,
+                                       lengths)
+        # Query seen in the target's frames: active and frozen words of the query's voxels.
+        if pair_voxels > _PAIR_VOXELS:
+            query_visible = self._pair_visibility(queries, targets)
+        else:
+            pair, position = expand_segments(self._mask_ptr[queries], query_voxels[rows],
+                                             pair_voxels)
+            voxel = position - self._mask_ptr[existing]  # index into pairs.slots
+            slots, observer = pairs.slots[voxel], targets[pair]
+            element, entry = expand_segments(frozen_low[voxel], frozen_counts[voxel],
+                                             pair_frozen)
+            words = self._frozen_keys[entry] & _WORD_MASK
+            shares = (self._frozen_words[entry] & self._frames[observer[element], words]) != 0
+            visible = _run_sums(shares, frozen_counts[voxel]) > 0
+            visible |= (self._active_bits[slots] & self._frames[observer, self._active_word]) != 0
+            query_visible = _run_sums(visible, query_voxels[rows])
+        cfg = self.config
+        contained = torch.cat([targets, queries])
+        self._containment[torch.cat([queries, targets]), contained] = merging.gated_containment(
+            pairs.overlap[rows, targets].repeat(2),
+            torch.cat([seen_now[targets], query_visible]),
+            self._voxel_counts[contained], cfg.contain_min, cfg.visible_ratio_min,
+            cfg.visible_min_voxels)
+
+    def _update_containment(self, query_ids: torch.Tensor,
                             query_voxels: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
                             ) -> None:
         """Write ``C`` in both directions between ``query_ids`` and overlapping masks.
 
         Query A of method.md 3.6 (and Query B among the queries themselves): overlap by the
         slot join and a dense count, visibility through the observation store and the frame
-        sets, the gates of ``merging.gated_containment``. Targets are all masks below
-        ``target_limit`` (all masks when None); a pair of two queries is computed once.
-        ``query_voxels``: the
-        queries' voxels as ``(index into query_ids, slot)`` when the caller has them.
-        Entries of pairs without overlap are left untouched.
+        sets, the gates of ``merging.gated_containment``. Targets are all masks; a pair of
+        two queries is computed once. ``query_voxels``: the queries' voxels as ``(index
+        into query_ids, slot)`` when the caller has them. Entries of pairs without overlap
+        are left untouched.
         """
         num, count = self._num_merged, query_ids.numel()
         if query_voxels is None:
@@ -482,14 +615,11 @@ class MaskGraph:
         join_owner, targets = self._join(voxel_slots)
         overlap = self._long(count * num).index_add_(
             0, voxel_owner[join_owner] * num + targets, torch.ones_like(targets)).view(count, num)
-        if target_limit is not None:
-            overlap[:, target_limit:] = 0
-        else:
-            target_rank = self._long(num).fill_(count)
-            target_rank[query_ids] = torch.arange(count, device=self.device)
-            own_rank = torch.arange(count, device=self.device)[:, None]
-            # A pair of two queries is computed once, from the later query (no self pairs).
-            overlap.masked_fill_((target_rank < count) & (target_rank >= own_rank), 0)
+        target_rank = self._long(num).fill_(count)
+        target_rank[query_ids] = torch.arange(count, device=self.device)
+        own_rank = torch.arange(count, device=self.device)[:, None]
+        # A pair of two queries is computed once, from the later query (no self pairs).
+        overlap.masked_fill_((target_rank < count) & (target_rank >= own_rank), 0)
         rows, targets = torch.nonzero(overlap, as_tuple=True)
         if not rows.numel():
             return

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from onlineanyseg_ros.core import mask_graph, merging
 from onlineanyseg_ros.core.config import SegmenterConfig
@@ -192,6 +193,54 @@ def test_incidence_buffers_grow_and_stay_consistent(monkeypatch):
     monkeypatch.setattr(mask_graph, '_MIN_PAIR_CAPACITY', 1)
     monkeypatch.setattr(mask_graph, '_INCIDENCE_HEADROOM', 1 << 40)
     _run_against_naive_reference('cpu', 60, 4, 11)
+
+
+def test_visibility_in_chunks_when_a_frame_overlaps_many_voxels(monkeypatch):
+    # A bound below every frame's (pair, voxel) count: inserts take the chunked path.
+    monkeypatch.setattr(mask_graph, '_PAIR_VOXELS', 16)
+    _run_against_naive_reference('cpu', 80, 4, 12)
+
+
+class _HostReads(TorchDispatchMode):
+    """Count the operators and ``tolist`` calls that read device data on the host."""
+
+    NAMES = ('nonzero', '_unique2', 'unique_consecutive', '_local_scalar_dense',
+             'is_nonzero', 'masked_select', 'equal')
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(tensor):
+            self.count += 1
+            return tolist(tensor)
+
+        monkeypatch.setattr(torch.Tensor, 'tolist', counted_tolist)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.__name__.split('.')[0] in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_insert_reads_the_host_twice(monkeypatch):
+    rng = random.Random(13)
+    graph = MaskGraph(SegmenterConfig(), 'cpu')
+    for frame in range(70):  # past the first frozen word
+        observed, masks = random_frame(rng, frame, 6)
+        slots = [s for m in masks for s in sorted(m)]
+        offsets = np.cumsum([0] + [len(m) for m in masks])
+        joins = graph.num_merged > 0
+        with _HostReads(monkeypatch) as counter:
+            graph.insert_frame(torch.tensor(observed, dtype=torch.int64),
+                               torch.tensor(slots, dtype=torch.int64),
+                               torch.tensor(offsets, dtype=torch.int64),
+                               num_slots=max(observed) + 1)
+        # Sizes: the pairs and joins (one read), the overlapping pairs and their expansions
+        # (one read); nothing to join with: the pair count only. Freezing a word: one more.
+        expected = (2 if joins else 1) if masks else 0
+        assert counter.count == expected + (frame == 63), frame
+    assert graph._frozen_keys.numel() > 0
 
 
 def _run_against_naive_reference(device, frames, max_masks, seed):
