@@ -3,8 +3,15 @@
 Feeds every frame of a sequence (e.g. ``onlineanyseg synth`` output) to ``OnlineSegmenter``
 with precomputed masks (e.g. the simulated masks of ``onlineanyseg masks``) on the frames
 that have them, then exports once. Prints p50/p95/total per stage of the segmenter's
-``StageTimer`` (backproject, surface, lift, insert, merge, descriptor, export) and writes the
-same numbers as JSON.
+``StageTimer`` (backproject, surface, lift, insert, merge, descriptor, export), the
+latency of whole ``integrate`` calls (keyframes without a merge round, and geometry-only
+frames; device-synchronized after each call), and writes the same numbers as JSON.
+
+Stage timing: ``--timing sync`` (default) synchronizes the device around every stage, so
+each number is the stage's own GPU time; ``--timing events`` keeps the segmenter's CUDA
+events (nothing blocks, stages overlap the host work of the next). ``--count-syncs N``
+then counts the host syncs per call over the first N frames of a fresh map (CUDA; untimed,
+since counting slows every sync).
 
     python benchmarks/bench_segmenter.py SCENE_DIR MASK_DIR --frames 300 --device cpu
 """
@@ -13,8 +20,13 @@ import argparse
 import json
 import os
 import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
 
 from onlineanyseg_ros.core.config import segmenter_config
+from onlineanyseg_ros.core.profiling import HostSyncCounter, latency_summary, StageTimer
 from onlineanyseg_ros.core.segmenter import OnlineSegmenter
 from onlineanyseg_ros.data.scannet import ScanNetSequence
 from onlineanyseg_ros.perception.precomputed import read_mask_observation
@@ -33,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override the profile's descriptor")
     parser.add_argument('--eager-lifting', action='store_true',
                         help='lift with lift_masks on CUDA too (cuda_graph_lifting: false)')
+    parser.add_argument('--timing', default='sync', choices=('sync', 'events'),
+                        help='stage timing on CUDA: device syncs around each stage, or the '
+                             "segmenter's own CUDA events")
+    parser.add_argument('--count-syncs', type=int, default=0, metavar='FRAMES',
+                        help='CUDA: count host syncs per call over the first FRAMES frames')
     parser.add_argument('--json', default='bench_segmenter.json', help='output JSON path')
     return parser.parse_args(argv)
 
@@ -45,35 +62,82 @@ def main(argv=None) -> int:
         overrides['cuda_graph_lifting'] = False
     config = segmenter_config(args.profile, overrides)
     sequence = ScanNetSequence(args.scene, every=args.every, max_frames=args.frames or None)
-    stems = dict(zip(sequence.frame_indices, sequence.stems))
     segmenter = OnlineSegmenter(config, device=args.device)
+    if args.timing == 'sync':
+        segmenter.timer = StageTimer(segmenter.device, synchronize=True)
+    device = segmenter.device
+    calls = {'keyframe': [], 'frame': []}
     start = time.perf_counter()
     keyframes = 0
-    for frame in sequence:
-        masks = read_mask_observation(args.masks, stems[frame.frame_index])  # None: no masks
+    for frame, masks in _with_masks(sequence, args.masks):
         keyframes += masks is not None
-        segmenter.integrate(frame, masks)
+        call_start = time.perf_counter()
+        result = segmenter.integrate(frame, masks)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        if not result.merged:
+            calls['keyframe' if masks is not None else 'frame'].append(
+                (time.perf_counter() - call_start) * 1e3)
     exported = segmenter.labeled_points()
     wall_s = time.perf_counter() - start
     stages = segmenter.timer.summary()
+    calls = {name: latency_summary(samples) for name, samples in calls.items() if samples}
     print(f'{"stage":<12}{"count":>7}{"p50 ms":>10}{"p95 ms":>10}{"total s":>10}')
-    for name, row in stages.items():
+    for name, row in list(stages.items()) + [(f'[{name}]', row) for name, row in calls.items()]:
         print(f'{name:<12}{row["count"]:>7}{row["p50_ms"]:>10.1f}{row["p95_ms"]:>10.1f}'
               f'{row["total_ms"] / 1e3:>10.2f}')
     print(f'{keyframes} keyframes, {segmenter.merge_rounds} merge rounds, '
           f'{segmenter.num_merged_masks} merged masks, {segmenter.num_voxels} voxels, '
           f'{exported.num_instances} instances, {wall_s:.1f} s total '
           f'(load average {os.getloadavg()[0]:.2f})')
+    syncs = (count_syncs(config, device, _with_masks(sequence, args.masks, args.count_syncs))
+             if args.count_syncs else {})
+    if syncs:
+        print('host syncs per call (median, max): ' + ', '.join(
+            f'{name} {row["median"]:g}, {row["max"]}' for name, row in syncs.items()))
     report = {'device': args.device, 'profile': args.profile, 'descriptor': config.descriptor,
               'frames': len(sequence.frame_indices), 'keyframes': keyframes,
               'merge_rounds': segmenter.merge_rounds, 'wall_s': wall_s,
-              'load_average': os.getloadavg()[0], 'stages': stages,
+              'load_average': os.getloadavg()[0], 'timing': args.timing, 'stages': stages,
+              'calls': calls, 'host_syncs': syncs,
               'summary': segmenter.summary()}
     temporary = args.json + '.tmp'
     with open(temporary, 'w') as handle:
         json.dump(report, handle, indent=2)
     os.replace(temporary, args.json)
     return 0
+
+
+def _with_masks(sequence: ScanNetSequence, mask_dir: str, limit: Optional[int] = None
+                ) -> Iterator[Tuple[object, Optional[object]]]:
+    """Yield ``(frame, masks or None)`` for the first ``limit`` frames (None: all)."""
+    stems = dict(zip(sequence.frame_indices, sequence.stems))
+    for index, frame in enumerate(sequence):
+        if limit is not None and index >= limit:
+            return
+        yield frame, read_mask_observation(mask_dir, stems[frame.frame_index])
+
+
+def count_syncs(config, device: torch.device, frames) -> Dict[str, Dict[str, float]]:
+    """Host syncs per ``integrate`` call of a fresh map over ``frames`` (CUDA, else {}).
+
+    Calls are grouped as geometry-only frames, keyframes, and keyframes that ran a merge
+    round. Returns ``{group: {median, max, calls}}``.
+    """
+    counter = HostSyncCounter(device)
+    if not counter.enabled:
+        return {}
+    segmenter = OnlineSegmenter(config, device=str(device))
+    groups: Dict[str, List[int]] = {'frame': [], 'keyframe': [], 'merge_keyframe': []}
+    for frame, masks in frames:
+        before = counter.count
+        with counter.counting():
+            result = segmenter.integrate(frame, masks)
+        group = ('merge_keyframe' if result.merged else 'keyframe' if masks is not None
+                 else 'frame')
+        groups[group].append(counter.count - before)
+    return {name: {'median': float(np.median(counts)), 'max': int(max(counts)),
+                   'calls': len(counts)} for name, counts in groups.items() if counts}
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 from collections import defaultdict, deque
 import contextlib
 import time
-from typing import Callable, Deque, Dict, Iterable, Iterator
+from typing import Callable, Deque, Dict, Iterable, Iterator, Tuple
 import warnings
 
 import numpy as np
@@ -23,22 +23,40 @@ def latency_summary(samples_ms: Iterable[float]) -> Dict[str, float]:
 
 
 class StageTimer:
-    """Collect wall-clock durations per named stage, in milliseconds.
+    """Collect durations per named stage, in milliseconds.
 
-    On CUDA each scope synchronizes the device at entry and exit when ``synchronize`` is set,
-    so a stage's number is its own GPU time rather than the launch time; leave it off in
-    production paths that must not block (the numbers then measure host time only).
+    On the CPU a stage's duration is its wall-clock time. On CUDA, with ``synchronize``,
+    each scope synchronizes the device at entry and exit, so a stage's number is its own
+    GPU time with nothing overlapping it (benchmarks). Without it, the scope records a
+    CUDA event at entry and exit instead, and never blocks: a stage's number is the GPU
+    time between its events, and it is read when ``summary()`` is asked for (which waits
+    for the recorded work), or earlier once the events have completed.
     """
 
     def __init__(self, device: torch.device, synchronize: bool = True, history: int = 1000):
-        self._sync = synchronize and torch.device(device).type == 'cuda'
+        cuda = torch.device(device).type == 'cuda'
+        self._sync = synchronize and cuda
+        self._events = not synchronize and cuda
         self._device = torch.device(device)
         self._samples: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=history))
-        self.last_ms: Dict[str, float] = {}
+        # (stage, start event, end event) not yet read, oldest first.
+        self._pending: Deque[Tuple[str, torch.cuda.Event, torch.cuda.Event]] = deque()
 
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator[None]:
         """Time the body of a ``with`` block under ``name``."""
+        if self._events:
+            stream = torch.cuda.current_stream(self._device)
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            try:
+                yield
+            finally:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record(stream)
+                self._pending.append((name, start, end))
+                self._collect(wait=False)
+            return
         if self._sync:
             torch.cuda.synchronize(self._device)
         start = time.perf_counter()
@@ -47,18 +65,28 @@ class StageTimer:
         finally:
             if self._sync:
                 torch.cuda.synchronize(self._device)
-            elapsed_ms = (time.perf_counter() - start) * 1e3
-            self._samples[name].append(elapsed_ms)
-            self.last_ms[name] = elapsed_ms
+            self._samples[name].append((time.perf_counter() - start) * 1e3)
+
+    def _collect(self, wait: bool) -> None:
+        """Read the pending event pairs in order: all of them (``wait``) or the completed."""
+        while self._pending:
+            name, start, end = self._pending[0]
+            if wait:
+                end.synchronize()
+            elif not end.query():
+                return
+            self._pending.popleft()
+            self._samples[name].append(start.elapsed_time(end))
 
     def summary(self) -> Dict[str, Dict[str, float]]:
         """Return ``{stage: {count, p50_ms, p95_ms, mean_ms, total_ms}}`` over the history."""
+        self._collect(wait=True)
         return {name: latency_summary(samples) for name, samples in self._samples.items()}
 
     def reset(self) -> None:
         """Forget every sample."""
+        self._collect(wait=True)
         self._samples.clear()
-        self.last_ms.clear()
 
 
 class HostSyncCounter:

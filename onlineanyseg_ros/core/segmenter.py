@@ -52,7 +52,8 @@ class OnlineSegmenter:
     def __init__(self, config: Optional[SegmenterConfig] = None, device: str = 'cpu'):
         self.config = config or SegmenterConfig()
         self.device = torch.device(device)
-        self.timer = StageTimer(self.device)
+        # CUDA events, not device syncs: timing must not block the keyframe path.
+        self.timer = StageTimer(self.device, synchronize=False)
         self._configure()
 
     def _configure(self) -> None:

@@ -176,7 +176,8 @@ class SegmentationNode(Node):
         device = _checked_device(self.config.device)
         self.segmenter = OnlineSegmenter(segmenter_cfg, str(device))
         self.diagnostics = NodeDiagnostics(self, 'onlineanyseg: segmentation')
-        self.timer = StageTimer(device)
+        # Host stages (decoding, answering queries, publishing): wall clock, no device syncs.
+        self.timer = StageTimer(torch.device('cpu'))
         self._joiner = ExactStampJoiner(
             tuple(KEYFRAME_TOPICS), max_pending=self.config.bundle_queue_size,
             timeout_ns=int(self.config.bundle_timeout_s * 1e9))
