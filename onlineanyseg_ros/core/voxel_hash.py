@@ -25,6 +25,9 @@ _INSERT_WINDOW = 16
 _ROUNDS_PER_CHECK = 4
 # A key farther than this from its home bucket makes the table grow (lookups scan this far).
 _MAX_DISPLACEMENT = 64
+# New keys placed before their count is read (sync-free insert), at least: twice the
+# recent calls' counts, halving per call, and never below this.
+_MIN_PLACEMENT_BOUND = 1 << 12
 # Keys x window entries per lookup chunk (bounds the temporary memory to ~70 MB).
 _LOOKUP_ENTRIES = 1 << 22
 
@@ -123,6 +126,7 @@ class VoxelHash:
         self._slot_keys = torch.empty(self._initial_capacity, dtype=torch.int64,
                                       device=self.device)
         self._num_slots = 0
+        self._placement_bound = _MIN_PLACEMENT_BOUND
         self._new_table(_next_power_of_two(self._initial_capacity / self.max_load))
 
     def _new_table(self, table_size: int) -> None:
@@ -210,12 +214,13 @@ class VoxelHash:
     def _insert_sync_free(self, flat: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
         """``insert`` of int64 ``(n,)`` keys with one host sync (usually).
 
-        Every entry is looked up, sorted and offered for placement, with finished or
-        invalid entries masked instead of compacted: the new keys are placed (a few
-        rounds) before their number is known, and one read then returns that number, the
-        placement progress and the negative-key check together. Whatever that read says
-        is wrong (load, displacement, keys left waiting, negative keys) is settled as
-        ``_append`` would: a rehash, or more placement rounds.
+        Every entry is looked up and sorted, with finished or invalid entries masked
+        instead of compacted. The new keys are placed (a few rounds) before their number is
+        known: the first ``_placement_bound`` of them in slot order, a bound that follows
+        the recent calls' counts. One read then returns their number, the placement
+        progress and the negative-key check together. Whatever that read says is left to
+        do (load, displacement, keys waiting or past the bound, negative keys) is settled
+        as ``_append`` would: a rehash, or more placement rounds.
         """
         n = flat.numel()
         slots = self._probe_lookup(flat)
@@ -234,9 +239,10 @@ class VoxelHash:
         first_slot = self._num_slots
         self._reserve_slots(first_slot + n)
         self._slot_keys[first_slot:first_slot + n] = new_keys
-        placement = self._claim(new_keys, torch.arange(first_slot, first_slot + n,
-                                                       device=self.device),
-                                settled=new_keys == _NO_KEY)
+        bound = min(n, self._placement_bound)
+        placement = self._claim(new_keys[:bound], torch.arange(
+            first_slot, first_slot + bound, device=self.device),
+            settled=new_keys[:bound] == _NO_KEY)
         num_new, has_negative, waiting, farthest = torch.stack(
             (new.count, negative.to(torch.int64), *placement.progress(self.table_size))
         ).tolist()
@@ -244,9 +250,15 @@ class VoxelHash:
             self._rehash(self.table_size)  # drops this call's placements
             raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
         self._num_slots = needed = first_slot + num_new
+        self._placement_bound = max(_MIN_PLACEMENT_BOUND, 2 * num_new,
+                                    self._placement_bound // 2)
         if needed > self.max_load * self.table_size:
             self._rehash(_next_power_of_two(needed / self.max_load))
         elif not self._settle(placement, waiting, farthest):
+            self._rehash(2 * self.table_size)
+        elif num_new > bound and not self._place(
+                new_keys[bound:num_new], torch.arange(first_slot + bound, needed,
+                                                      device=self.device)):
             self._rehash(2 * self.table_size)
         return slots
 

@@ -67,6 +67,22 @@ def test_insert_and_lookup_match_dict_reference_through_growth(mode):
     assert voxel_hash.lookup(probe.to(device)).tolist() == expected
 
 
+@pytest.mark.parametrize('device', DEVICES)
+def test_new_keys_past_the_placement_bound_are_placed_after_the_read(device, monkeypatch):
+    monkeypatch.setattr(voxel_hash_module, '_MIN_PLACEMENT_BOUND', 8)
+    generator = torch.Generator().manual_seed(9)
+    voxel_hash = VoxelHash(device, initial_capacity=1 << 12, sync_free=True)
+    reference = {}
+    for size in (500, 40, 3, 900, 0, 60):
+        keys = pack_keys(torch.randint(-40, 40, (size, 3), generator=generator))
+        before = len(reference)
+        assert voxel_hash.insert(keys.to(device)).tolist() == _reference_insert(reference, keys)
+        # The bound follows the counts: twice the latest, halving per call, at least 8.
+        assert voxel_hash._placement_bound >= max(8, 2 * (len(reference) - before))
+    everything = torch.tensor(list(reference), dtype=torch.int64)
+    assert voxel_hash.lookup(everything.to(device)).tolist() == list(range(len(reference)))
+
+
 @pytest.mark.parametrize('mode', MODES)
 def test_slots_stay_stable_after_rehash(mode):
     device, sync_free = mode
