@@ -51,6 +51,8 @@ _MASK_SHIFT = 3 * _AXIS_BITS
 _WINDOW_SHIFT = 2
 _SENTINEL = (1 << 63) - 1
 _SCRATCH = 1024
+# Copies of each per-label counter over pixels on CUDA (see _counts).
+_LANES = 16
 # Half width (cells along x and y) of the column searched for the kNN of cells whose window
 # holds too few cells.
 _SLAB_CELLS = 6
@@ -119,9 +121,29 @@ def _target(index: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(keep, index, scratch)
 
 
-def _counts(index: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
-    """Int64 ``(size,)`` occurrences of each value of ``index[keep]``."""
-    return count_values(_target(index, keep, size), size + _SCRATCH)[:size]
+def _pixel_lanes(device: torch.device) -> int:
+    """Lanes of the per-label reductions over pixels (see ``_counts``).
+
+    ``_LANES`` on CUDA, where a frame of a few large masks would serialize its atomics;
+    one on the CPU, where a single pass costs least.
+    """
+    return _LANES if device.type == 'cuda' else 1
+
+
+def _counts(index: torch.Tensor, keep: torch.Tensor, size: int,
+            lanes: int = 1) -> torch.Tensor:
+    """Int64 ``(size,)`` occurrences of each value of ``index[keep]``.
+
+    ``lanes`` > 1 (a power of two) counts each value in that many copies, summed after:
+    many entries of a few values (the pixels of a few masks) would otherwise serialize
+    their atomics on a few addresses.
+    """
+    if lanes == 1:
+        return count_values(_target(index, keep, size), size + _SCRATCH)[:size]
+    lane = torch.arange(index.numel(), device=index.device) & (lanes - 1)
+    spread = count_values(_target(index * lanes + lane, keep, size * lanes),
+                          size * lanes + _SCRATCH)
+    return spread[:size * lanes].view(size, lanes).sum(1)
 
 
 def _sums(index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor,
@@ -257,19 +279,24 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     label_out_of_range = (flat_labels >= LABEL_CAPACITY).any()
     mask_of_pixel = flat_labels.clamp(0, LABEL_CAPACITY - 1)
     labelled = mask_of_pixel > 0
-    present = _counts(mask_of_pixel, labelled, LABEL_CAPACITY) > 0
+    lanes = _pixel_lanes(device)
+    present = _counts(mask_of_pixel, labelled, LABEL_CAPACITY, lanes) > 0
     pixel_valid = valid.reshape(-1) & labelled
-    alive = (_counts(mask_of_pixel, pixel_valid, LABEL_CAPACITY) >= config.min_mask_pixels)
+    alive = (_counts(mask_of_pixel, pixel_valid, LABEL_CAPACITY, lanes)
+             >= config.min_mask_pixels)
     alive_after = [present, alive]
 
     # (b) voxel downsample: cells of each mask's own grid, anchored at its minimum.
     pixel_alive = pixel_valid & alive.index_select(0, mask_of_pixel)
     points = points_world.reshape(-1, 3).to(torch.float64)
-    lower = torch.full((LABEL_CAPACITY + _SCRATCH, 3), math.inf, dtype=torch.float64,
+    lower = torch.full((LABEL_CAPACITY * lanes + _SCRATCH, 3), math.inf, dtype=torch.float64,
                        device=device)
-    lower.scatter_reduce_(0, _target(mask_of_pixel, pixel_alive, LABEL_CAPACITY)[:, None]
-                          .expand(-1, 3), points, reduce='amin')
-    anchor = lower[:LABEL_CAPACITY] - 0.5 * voxel_size
+    pixel_lane = torch.arange(mask_of_pixel.numel(), device=device) & (lanes - 1)
+    lower.scatter_reduce_(0, _target(mask_of_pixel * lanes + pixel_lane, pixel_alive,
+                                     LABEL_CAPACITY * lanes)[:, None].expand(-1, 3),
+                          points, reduce='amin')
+    anchor = lower[:LABEL_CAPACITY * lanes].view(LABEL_CAPACITY, lanes, 3).amin(1) \
+        - 0.5 * voxel_size
     local = torch.floor((points - anchor.index_select(0, mask_of_pixel)) / voxel_size)
     limit = _AXIS_MASK - 2 * _WINDOW_SHIFT
     local = torch.where(pixel_alive[:, None], local, 0.0)
@@ -293,6 +320,8 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     cell_code = cell_code[:num_cells]
     live = cell_code != _SENTINEL
     cell_mask, _ = _unpack(torch.where(live, cell_code, 0))
+    # Cells are sorted by code, mask first: per-mask counts of cells are prefix sums.
+    cell_bounds = _mask_bounds(cell_code)
     cells = sums[:num_cells] / torch.where(live, counts, 1)[:, None].to(torch.float64)
 
     # (c) DBSCAN on the window of forward offsets, (d) statistical outlier removal.
@@ -340,7 +369,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     keep = live & (shifted == mode.index_select(0, cell_mask))
     k = config.outlier_neighbors
     if k > 0:
-        kept_per_mask = _counts(cell_mask, keep, LABEL_CAPACITY)
+        kept_per_mask = _mask_counts(cell_bounds, keep)
         mean_distance, knn_needed = _mean_knn_distance(
             cells, cell_code, cell_mask, keep, kept_per_mask, neighbor, squared, k, voxel_size,
             capacities)
@@ -356,15 +385,15 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
         inlier = keep
         knn_needed = dict.fromkeys(('pending', 'pairs', 'far', 'far_pairs'),
                                    torch.zeros((), dtype=torch.int64, device=device))
-    alive = alive & (_counts(cell_mask, inlier, LABEL_CAPACITY) >= config.min_mask_points)
+    alive = alive & (_mask_counts(cell_bounds, inlier) >= config.min_mask_points)
     alive_after.append(alive)
     surviving = inlier & alive.index_select(0, cell_mask)
 
     # (f) voxel association: every lattice point within the radius of a surviving cell.
     per_axis, start, hit = lattice_hits(cells, voxel_size, eps)
     hit &= surviving[:, None]
-    covered = _counts(cell_mask, hit.any(1), LABEL_CAPACITY).to(torch.float64)
-    coverage = covered / _counts(cell_mask, surviving, LABEL_CAPACITY).to(torch.float64)
+    covered = _mask_counts(cell_bounds, hit.any(1)).to(torch.float64)
+    coverage = covered / _mask_counts(cell_bounds, surviving).to(torch.float64)
     alive = alive & (coverage >= config.coverage_min)
     alive_after.append(alive)
     # The (cell, lattice point) hits, compacted: about a third of the candidates.
