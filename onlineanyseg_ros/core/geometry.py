@@ -13,10 +13,20 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def as_tensor(value: ArrayLike, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Return ``value`` as a tensor on ``device`` with ``dtype`` (no copy when it already is)."""
+    """Return ``value`` as a tensor on ``device`` with ``dtype`` (no copy when it already is).
+
+    Host arrays go to CUDA through pinned memory without blocking: a copy from pageable
+    memory would make the host wait for the device (a sync per upload).
+    """
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype)
-    return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
+    array = np.asarray(value)
+    if not array.flags.writeable:
+        array = array.copy()  # torch warns about tensors over read-only arrays
+    host = torch.as_tensor(array, dtype=dtype)
+    if torch.device(device).type == 'cuda':
+        return host.pin_memory().to(device, non_blocking=True)
+    return host
 
 
 def transform_points(T_a_b: ArrayLike, points_b: torch.Tensor) -> torch.Tensor:

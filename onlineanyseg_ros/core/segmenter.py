@@ -11,13 +11,12 @@ import os
 import pathlib
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 from onlineanyseg_ros.core.config import config_from_dict, config_to_dict, SegmenterConfig
 from onlineanyseg_ros.core.descriptors import make_descriptor
 from onlineanyseg_ros.core.export import export_instances, ExportedMap
-from onlineanyseg_ros.core.geometry import backproject, camera_center
+from onlineanyseg_ros.core.geometry import as_tensor, backproject, camera_center
 from onlineanyseg_ros.core.greedy_merger import GreedyOverlapMerger
 from onlineanyseg_ros.core.lifting import lift_masks
 from onlineanyseg_ros.core.lifting_graph import GraphLifter, supports
@@ -94,8 +93,7 @@ class OnlineSegmenter:
         as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
         """
         config = self.config
-        # A copy: decoded images are often read-only, which torch.from_numpy warns about.
-        color = torch.tensor(frame.color, device=self.device)
+        color = as_tensor(frame.color, self.device, torch.uint8)
         with self.timer.scope('backproject'):
             points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
                                         config.depth_near_m, config.depth_far_m, self.device)
@@ -111,7 +109,7 @@ class OnlineSegmenter:
             raise ValueError(f'mask labels {masks.labels.shape} do not match depth '
                              f'{frame.depth.shape}')
         with self.timer.scope('lift'):
-            labels = torch.from_numpy(masks.labels.astype(np.int64)).to(self.device)
+            labels = as_tensor(masks.labels, self.device, torch.int64)
             if self._lifter is not None:
                 lifted = self._lifter(points, valid, labels)
             else:
@@ -136,11 +134,11 @@ class OnlineSegmenter:
         rows = lifted.labels.to(self.device) - 1
         features = None
         if masks.features is not None:
-            features = torch.tensor(masks.features, dtype=torch.float32, device=self.device)[rows]
+            features = as_tensor(masks.features, self.device, torch.float32)[rows]
             self.semantic_active = True
         scores = None
         if masks.scores is not None:
-            scores = torch.tensor(masks.scores, dtype=torch.float32, device=self.device)[rows]
+            scores = as_tensor(masks.scores, self.device, torch.float32)[rows]
         self._graph.insert_frame(observed_slots, mask_slots, lifted.mask_offsets.to(self.device),
                                  features, scores, num_slots=self._hash.num_slots)
         return rows.numel()
