@@ -51,3 +51,24 @@ def test_cuda_event_scopes_time_gpu_work_without_host_syncs():
     assert summary['matmul']['count'] == 3 and summary['nothing']['count'] == 3
     # Ten 4096^3 products take milliseconds on any GPU; an empty stage takes microseconds.
     assert summary['matmul']['p50_ms'] > 10 * summary['nothing']['p50_ms']
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_host_sync_counter_counts_each_sync_and_nothing_else():
+    device = torch.device('cuda')
+    counter = HostSyncCounter(device)
+    values = torch.arange(10, device=device)
+    with counter.counting():  # the first block also meets the mode's one-time notice
+        values.sum().item()
+    with counter.counting():
+        values.tolist()
+        torch.nonzero(values)
+        (values * 2).sum()  # stays on the device
+    assert counter.count == 3
+
+
+def test_host_sync_counter_is_off_on_the_cpu():
+    counter = HostSyncCounter(torch.device('cpu'))
+    with counter.counting():
+        torch.arange(3).sum().item()
+    assert not counter.enabled and counter.count == 0
