@@ -3,14 +3,17 @@ r"""Interleaved A/B timing of this checkout against an earlier revision, in one 
 Separate runs of a benchmark on a shared GPU host differ by up to 2x (the launch-bound
 per-keyframe path follows the host CPU's speed and load), which hides changes of 10-30 %.
 This script imports the package of ``--baseline-rev`` under another name
-(``git archive`` into a temporary directory, ``onlineanyseg_ros`` renamed in its imports)
+(``git archive`` into a temporary directory, ``onlineanyseg_ros`` renamed in its imports;
+on a machine without git, ``--baseline-src`` names a directory holding the revision's
+``onlineanyseg_ros``, e.g. from ``git archive REV onlineanyseg_ros | tar -x -C DIR``)
 next to the current one, feeds both the same inputs, alternates which one goes first on
 every keyframe, and reports both sides' medians from the same minutes of the same host.
 
 - ``scale``: ``MaskGraph`` on the ``bench_scale.py`` stream (inserts and a merge round
   every 5 keyframes), and a check that both ends with the same merged masks;
-- ``segmenter``: ``OnlineSegmenter`` per stage on a ScanNet-format sequence with
-  precomputed masks (as ``bench_segmenter.py``), descriptor 'none'.
+- ``segmenter``: ``OnlineSegmenter`` per stage (device-synchronized on both sides) and
+  per whole keyframe call without a merge round (``[keyframe]``) on a ScanNet-format
+  sequence with precomputed masks (as ``bench_segmenter.py``), descriptor 'none'.
 
     PYTHONPATH=. python benchmarks/bench_ab.py scale --baseline-rev cd7f808 --device cuda
     PYTHONPATH=. python benchmarks/bench_ab.py segmenter --scene /tmp/s --masks /tmp/m \\
@@ -22,9 +25,12 @@ import importlib
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from typing import Optional
 
 import bench_scale
 import numpy as np
@@ -35,13 +41,20 @@ PACKAGE = 'onlineanyseg_ros'
 BASELINE_PACKAGE = 'onlineanyseg_ros_baseline'
 
 
-def import_baseline(revision: str, workdir: str):
-    """Extract ``revision``'s package as ``BASELINE_PACKAGE`` and make it importable."""
+def import_baseline(revision: Optional[str], source: Optional[str], workdir: str):
+    """Copy the baseline package into ``workdir`` as ``BASELINE_PACKAGE``; make it importable.
+
+    The package comes from ``git archive revision`` or, without a revision, from the
+    directory ``source`` (which holds ``onlineanyseg_ros/``).
+    """
     root = pathlib.Path(workdir)
-    archive = subprocess.run(['git', 'archive', revision, PACKAGE], check=True,
-                             capture_output=True).stdout
-    subprocess.run(['tar', '-x', '-C', str(root)], input=archive, check=True)
-    (root / PACKAGE).rename(root / BASELINE_PACKAGE)
+    if revision is not None:
+        archive = subprocess.run(['git', 'archive', revision, PACKAGE], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(['tar', '-x', '-C', str(root)], input=archive, check=True)
+        (root / PACKAGE).rename(root / BASELINE_PACKAGE)
+    else:
+        shutil.copytree(pathlib.Path(source) / PACKAGE, root / BASELINE_PACKAGE)
     pattern = re.compile(rf'\b{PACKAGE}\b')
     for path in (root / BASELINE_PACKAGE).rglob('*.py'):
         path.write_text(pattern.sub(BASELINE_PACKAGE, path.read_text()))
@@ -96,6 +109,7 @@ def run_scale(args, baseline) -> None:
 def run_segmenter(args, baseline) -> None:
     """Interleave both segmenters frame by frame; print their per-stage medians."""
     from onlineanyseg_ros.core.config import segmenter_config
+    from onlineanyseg_ros.core.profiling import latency_summary, StageTimer
     from onlineanyseg_ros.core.segmenter import OnlineSegmenter
     from onlineanyseg_ros.data.scannet import ScanNetSequence
     from onlineanyseg_ros.perception.precomputed import read_mask_observation
@@ -107,11 +121,22 @@ def run_segmenter(args, baseline) -> None:
         'baseline': baseline('core.segmenter').OnlineSegmenter(
             baseline('core.config').segmenter_config('default', overrides),
             device=args.device)}
+    device = torch.device(args.device)
+    # Stages timed the same way on both sides: the device synchronized around each.
+    segmenters['current'].timer = StageTimer(device, synchronize=True)
+    keyframe_ms = {name: [] for name in segmenters}
     for index, frame in enumerate(tqdm(sequence, desc='frames', unit='frame')):
         masks = read_mask_observation(args.masks, stems[frame.frame_index])
         for name in _orders(index):
-            segmenters[name].integrate(frame, masks)
+            start = time.perf_counter()
+            merged = segmenters[name].integrate(frame, masks).merged
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            if masks is not None and not merged:
+                keyframe_ms[name].append((time.perf_counter() - start) * 1e3)
     summaries = {name: segmenter.timer.summary() for name, segmenter in segmenters.items()}
+    for name, samples in keyframe_ms.items():
+        summaries[name]['[keyframe]'] = latency_summary(samples)
     print(f'{"stage":<12}{"current p50 / p95 ms":>24}{"baseline p50 / p95 ms":>24}')
     for stage, row in summaries['current'].items():
         other = summaries['baseline'].get(stage)
@@ -126,7 +151,10 @@ def main(argv=None) -> int:
     """Run the chosen comparison; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('mode', choices=('scale', 'segmenter'))
-    parser.add_argument('--baseline-rev', required=True, help='git revision to compare with')
+    baseline = parser.add_mutually_exclusive_group(required=True)
+    baseline.add_argument('--baseline-rev', help='git revision to compare with')
+    baseline.add_argument('--baseline-src', help="directory holding the baseline's "
+                                                 f'{PACKAGE}/ (no git needed)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--keyframes', type=int, default=1500, help='scale: stream length')
     parser.add_argument('--scene', help='segmenter: ScanNet-format sequence directory')
@@ -136,7 +164,7 @@ def main(argv=None) -> int:
     if args.mode == 'segmenter' and not (args.scene and args.masks):
         parser.error('segmenter needs --scene and --masks')
     with tempfile.TemporaryDirectory() as workdir:
-        baseline = import_baseline(args.baseline_rev, workdir)
+        baseline = import_baseline(args.baseline_rev, args.baseline_src, workdir)
         (run_scale if args.mode == 'scale' else run_segmenter)(args, baseline)
     return 0
 
