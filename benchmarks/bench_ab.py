@@ -21,6 +21,7 @@ every keyframe, and reports both sides' medians from the same minutes of the sam
 """
 
 import argparse
+import functools
 import importlib
 import os
 import pathlib
@@ -83,10 +84,10 @@ def run_scale(args, baseline) -> None:
     for frame in tqdm(range(args.keyframes), desc='keyframes', unit='kf'):
         keyframe = bench_scale._to_device(world.keyframe(frame), device)
         for name in _orders(frame):
+            insert = functools.partial(graphs[name].insert_frame, num_slots=world.num_slots)
             insert_ms[name].append(bench_scale._timed(
-                device, graphs[name].insert_frame, keyframe['observed_slots'],
-                keyframe['mask_slots'], keyframe['mask_offsets'], keyframe['features'],
-                keyframe['scores'])[0])
+                device, insert, keyframe['observed_slots'], keyframe['mask_slots'],
+                keyframe['mask_offsets'], keyframe['features'], keyframe['scores'])[0])
         seen[keyframe['observed_slots']] = True
         if (frame + 1) % 5 == 0:
             point_slots = torch.nonzero(seen).squeeze(1)

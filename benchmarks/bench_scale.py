@@ -57,6 +57,7 @@ at the quarter marks and the end ``max_memory_allocated``, ``memory_allocated`` 
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -478,9 +479,11 @@ def run(args: argparse.Namespace) -> dict:
         existing = graph.num_merged
         timed = {} if baseline is None else _baseline_step(args, baseline, graph, frame,
                                                            keyframe, log)
-        elapsed, _ = _timed(device, graph.insert_frame, tensors['observed_slots'],
-                            tensors['mask_slots'], tensors['mask_offsets'],
-                            tensors['features'], tensors['scores'],
+        # The slot-space size is known, as the segmenter's voxel hash knows it.
+        elapsed, _ = _timed(device, functools.partial(graph.insert_frame,
+                                                      num_slots=world.num_slots),
+                            tensors['observed_slots'], tensors['mask_slots'],
+                            tensors['mask_offsets'], tensors['features'], tensors['scores'],
                             syncs=insert_syncs if args.count_syncs else None)
         log['insert_ms'].append(elapsed)
         if timed:

@@ -92,17 +92,6 @@ def _run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
     return starts
 
 
-def _run_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Int64 sums of consecutive runs: ``values`` ``(sum(lengths),)``, ``lengths`` ``(n,)``.
-
-    Prefix sums read at the run bounds: no atomics, which an ``index_add_`` over sorted
-    owners serialises on CUDA.
-    """
-    prefix = torch.nn.functional.pad(torch.cumsum(values.to(torch.int64), 0), (1, 0))
-    ends = torch.cumsum(lengths, 0)
-    return prefix[ends] - prefix[ends - lengths]
-
-
 class _FramePairs(NamedTuple):
     """A frame's deduplicated (mask, slot) pairs and their overlap with the current masks.
 
@@ -285,7 +274,7 @@ class MaskGraph:
             pairs = self._frame_pairs(mask_slots, mask_offsets, join=existing > 0)
             self._append_masks(pairs.masks, pairs.slots, num_masks, features, scores, frame)
             if existing:
-                self._contain_new_masks(pairs, existing, frame)
+                self._contain_new_masks(pairs, existing)
         self._num_insertions += 1
 
     def _check_frame(self, observed_slots, mask_slots, mask_offsets, features, scores) -> int:
@@ -537,64 +526,60 @@ class MaskGraph:
             torch.ones_like(target)).view(num_masks, existing)
         return _FramePairs(keys[rows] >> _KEY_SHIFT, slots[rows], overlap)
 
-    def _contain_new_masks(self, pairs: '_FramePairs', existing: int, frame: int) -> None:
+    def _contain_new_masks(self, pairs: '_FramePairs', existing: int) -> None:
         """Write ``C`` between the masks just appended and the ``existing`` ones they overlap.
 
         Query A of method.md 3.6 for the new masks, both directions, as
-        ``_update_containment`` computes it, with two shortcuts that hold for new masks
-        only: their frame set is ``frame`` alone, so "target seen in the query's frames"
-        is the target's voxels observed in ``frame`` (counted once per target, for every
-        query alike); and every expansion's size follows from the overlap counts, read
-        back with the pair count in one host sync.
+        ``_update_containment`` computes it, except for what the sizes need: a new mask's
+        frame set is the current frame alone (in the active word), so no frozen word of a
+        target can share a frame with it; the expansion's length and the frozen entries
+        of the new masks' voxels then follow from the overlap counts, and are read back
+        with the number of overlapping pairs in one host sync. (This path is bound by
+        kernel launches: sums take one ``index_add_`` rather than prefix sums.)
         """
-        new_ids = torch.arange(existing, self._num_merged, device=self.device)
         overlaps = pairs.overlap > 0
         targets_per_query = overlaps.sum(1)
-        is_target = overlaps.any(0)
-        query_voxels = self._voxel_counts[new_ids]
+        query_voxels = self._voxel_counts[existing:]
         # Frozen observation entries of the new masks' voxels (in incidence order).
         frozen_low = torch.searchsorted(self._frozen_keys, pairs.slots << _WORD_BITS)
         frozen_counts = torch.searchsorted(self._frozen_keys,
                                            (pairs.slots + 1) << _WORD_BITS) - frozen_low
-        frozen_per_query = _run_sums(frozen_counts, query_voxels)
-        num_pairs, pair_voxels, pair_frozen, num_targets, target_voxels = torch.stack(
-            (overlaps.sum(), (query_voxels * targets_per_query).sum(),
-             (frozen_per_query * targets_per_query).sum(), is_target.sum(),
-             (self._voxel_counts[:existing] * is_target).sum())).tolist()
+        frozen_per_query = self._long(query_voxels.numel()).index_add_(0, pairs.masks,
+                                                                       frozen_counts)
+        num_pairs, target_voxels, query_pair_voxels, frozen_total = torch.stack(
+            (overlaps.sum(), (overlaps * self._voxel_counts[:existing]).sum(),
+             (query_voxels * targets_per_query).sum(),
+             (frozen_per_query * targets_per_query).sum())).tolist()
         if not num_pairs:
             return
         rows, targets = torch.nonzero_static(overlaps, size=num_pairs).unbind(1)
-        queries = new_ids[rows]
-        # Target seen in the query's frames: its voxels with this frame's bit.
-        distinct = torch.nonzero_static(is_target, size=num_targets).squeeze(1)
-        lengths = self._voxel_counts[distinct]
-        position = expand_segments(self._mask_ptr[distinct], lengths, target_voxels)[1]
-        bit = frame % BITS_PER_WORD
-        seen_now = self._long(existing)
-        seen_now[distinct] = _run_sums((self._active_bits[self._inc_slot[position]] >> bit) & 1,
-                                       lengths)
-        # Query seen in the target's frames: active and frozen words of the query's voxels.
-        if pair_voxels > _PAIR_VOXELS:
-            query_visible = self._pair_visibility(queries, targets)
-        else:
-            pair, position = expand_segments(self._mask_ptr[queries], query_voxels[rows],
-                                             pair_voxels)
-            voxel = position - self._mask_ptr[existing]  # index into pairs.slots
-            slots, observer = pairs.slots[voxel], targets[pair]
-            element, entry = expand_segments(frozen_low[voxel], frozen_counts[voxel],
-                                             pair_frozen)
-            words = self._frozen_keys[entry] & _WORD_MASK
-            shares = (self._frozen_words[entry] & self._frames[observer[element], words]) != 0
-            visible = _run_sums(shares, frozen_counts[voxel]) > 0
-            visible |= (self._active_bits[slots] & self._frames[observer, self._active_word]) != 0
-            query_visible = _run_sums(visible, query_voxels[rows])
-        cfg = self.config
+        queries = rows + existing
+        # Both directions in one pass: first "query contains target" (the target's voxels
+        # seen in the query's frames), then "target contains query".
         contained = torch.cat([targets, queries])
-        self._containment[torch.cat([queries, targets]), contained] = merging.gated_containment(
-            pairs.overlap[rows, targets].repeat(2),
-            torch.cat([seen_now[targets], query_visible]),
-            self._voxel_counts[contained], cfg.contain_min, cfg.visible_ratio_min,
-            cfg.visible_min_voxels)
+        container = torch.cat([queries, targets])
+        total = target_voxels + query_pair_voxels
+        if total > _PAIR_VOXELS:
+            visible = self._pair_visibility(contained, container)
+        else:
+            pair, position = expand_segments(self._mask_ptr[contained],
+                                             self._voxel_counts[contained], total)
+            slots, observer = self._inc_slot[position], container[pair]
+            seen = ((self._active_bits[slots] & self._frames[observer, self._active_word])
+                    != 0).to(torch.int64)
+            # Frozen words: the query voxels' only (elements past the target voxels).
+            voxel = position[target_voxels:] - self._mask_ptr[existing]  # into pairs.slots
+            element, entry = expand_segments(frozen_low[voxel], frozen_counts[voxel],
+                                             frozen_total)
+            words = self._frozen_keys[entry] & _WORD_MASK
+            shares = (self._frozen_words[entry]
+                      & self._frames[observer[target_voxels:][element], words]) != 0
+            seen.scatter_reduce_(0, element + target_voxels, shares.to(torch.int64), 'amax')
+            visible = self._long(2 * num_pairs).index_add_(0, pair, seen)
+        cfg = self.config
+        self._containment[container, contained] = merging.gated_containment(
+            pairs.overlap[rows, targets].repeat(2), visible, self._voxel_counts[contained],
+            cfg.contain_min, cfg.visible_ratio_min, cfg.visible_min_voxels)
 
     def _update_containment(self, query_ids: torch.Tensor,
                             query_voxels: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
