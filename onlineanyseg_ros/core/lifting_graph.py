@@ -146,6 +146,24 @@ def _counts(index: torch.Tensor, keep: torch.Tensor, size: int,
     return spread[:size * lanes].view(size, lanes).sum(1)
 
 
+def _lane_reduce(index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor, size: int,
+                 lanes: int, reduce: str, initial: float) -> torch.Tensor:
+    """``reduce`` ('amin' or 'amax') of ``values[keep]`` per ``index[keep]``, no atomics hot spot.
+
+    Returns ``(size,) + values.shape[1:]``, ``initial`` where an index has no entry. Like
+    ``_counts``, ``lanes`` > 1 reduces into that many copies per index, combined after.
+    """
+    lane = torch.arange(index.numel(), device=index.device) & (lanes - 1)
+    target = _target(index * lanes + lane, keep, size * lanes)
+    table = torch.full((size * lanes + _SCRATCH,) + values.shape[1:], initial,
+                       dtype=values.dtype, device=values.device)
+    if values.ndim > 1:
+        target = target[:, None].expand_as(values)
+    table.scatter_reduce_(0, target, values, reduce=reduce)
+    per_lane = table[:size * lanes].view((size, lanes) + values.shape[1:])
+    return per_lane.amin(1) if reduce == 'amin' else per_lane.amax(1)
+
+
 def _sums(index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor,
           size: int) -> torch.Tensor:
     """``(size,)`` sums of ``values[keep]`` per ``index[keep]``, added in entry order."""
@@ -227,11 +245,11 @@ def _components(num_nodes: int, i: torch.Tensor, j: torch.Tensor
 
 
 def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor,
-                  num_segments: int, num_values: int) -> torch.Tensor:
+                  num_segments: int, num_values: int, lanes: int = 1) -> torch.Tensor:
     """``graph_ops.segment_mode`` of the ``live`` entries, by sorting instead of ``unique``.
 
     Returns int64 ``(num_segments,)`` modes (ties: the smallest value; ``num_values`` for a
-    segment without live entries).
+    segment without live entries). ``lanes``: see ``_lane_reduce``.
     """
     codes = torch.where(live, segment * num_values + value, _SENTINEL)
     sorted_codes, _ = torch.sort(codes)
@@ -239,15 +257,12 @@ def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor
     sorted_live = sorted_codes != _SENTINEL
     run_length = _counts(run, sorted_live, codes.numel()).index_select(0, run)
     code_segment = torch.div(sorted_codes, num_values, rounding_mode='floor')
-    best = torch.zeros(num_segments + _SCRATCH, dtype=torch.int64, device=codes.device)
-    best.scatter_reduce_(0, _target(code_segment, sorted_live, num_segments), run_length,
-                         reduce='amax')
-    is_best = sorted_live & (run_length == best.index_select(
-        0, torch.where(sorted_live, code_segment, 0)))
-    mode = torch.full((num_segments + _SCRATCH,), num_values, dtype=torch.int64,
-                      device=codes.device)
-    return mode.scatter_reduce_(0, _target(code_segment, is_best, num_segments),
-                                sorted_codes % num_values, reduce='amin')[:num_segments]
+    segment_of_code = torch.where(sorted_live, code_segment, 0)
+    best = _lane_reduce(segment_of_code, sorted_live, run_length, num_segments, lanes, 'amax',
+                        0)
+    is_best = sorted_live & (run_length == best.index_select(0, segment_of_code))
+    return _lane_reduce(segment_of_code, is_best, sorted_codes % num_values, num_segments,
+                        lanes, 'amin', num_values)
 
 
 def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
@@ -289,14 +304,9 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     # (b) voxel downsample: cells of each mask's own grid, anchored at its minimum.
     pixel_alive = pixel_valid & alive.index_select(0, mask_of_pixel)
     points = points_world.reshape(-1, 3).to(torch.float64)
-    lower = torch.full((LABEL_CAPACITY * lanes + _SCRATCH, 3), math.inf, dtype=torch.float64,
-                       device=device)
-    pixel_lane = torch.arange(mask_of_pixel.numel(), device=device) & (lanes - 1)
-    lower.scatter_reduce_(0, _target(mask_of_pixel * lanes + pixel_lane, pixel_alive,
-                                     LABEL_CAPACITY * lanes)[:, None].expand(-1, 3),
-                          points, reduce='amin')
-    anchor = lower[:LABEL_CAPACITY * lanes].view(LABEL_CAPACITY, lanes, 3).amin(1) \
-        - 0.5 * voxel_size
+    lower = _lane_reduce(mask_of_pixel, pixel_alive, points, LABEL_CAPACITY, lanes, 'amin',
+                         math.inf)
+    anchor = lower - 0.5 * voxel_size
     local = torch.floor((points - anchor.index_select(0, mask_of_pixel)) / voxel_size)
     limit = _AXIS_MASK - 2 * _WINDOW_SHIFT
     local = torch.where(pixel_alive[:, None], local, 0.0)
@@ -365,7 +375,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
                           component.index_select(0, edge_row), reduce='amin')
     label = label[:num_cells]
     shifted = torch.where(label == none, 0, label + 1)
-    mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1)
+    mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1, lanes)
     keep = live & (shifted == mode.index_select(0, cell_mask))
     k = config.outlier_neighbors
     if k > 0:

@@ -91,31 +91,43 @@ class OnlineSegmenter:
 
         A mask insertion counts towards the merge schedule even when every mask is rejected,
         as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
+        On a keyframe the masks are lifted first, so that one voxel-hash insert (one host
+        sync on CUDA) gives the slots of the pixels and of the lifted masks' voxels.
         """
         config = self.config
+        if masks is not None and masks.labels.shape != frame.depth.shape:
+            raise ValueError(f'mask labels {masks.labels.shape} do not match depth '
+                             f'{frame.depth.shape}')
         color = as_tensor(frame.color, self.device, torch.uint8)
         with self.timer.scope('backproject'):
             points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
                                         config.depth_near_m, config.depth_far_m, self.device)
+        lifted = None
+        if masks is not None:
+            with self.timer.scope('lift'):
+                labels = as_tensor(masks.labels, self.device, torch.int64)
+                if self._lifter is not None:
+                    lifted = self._lifter(points, valid, labels)
+                else:
+                    lifted = lift_masks(points, valid, labels, config)
         with self.timer.scope('surface'):
             # The whole image with its mask: compacting the valid pixels would sync on CUDA.
-            self._surface.integrate(points.reshape(-1, 3), color.reshape(-1, 3),
+            pixels, pixel_valid = points.reshape(-1, 3), valid.reshape(-1)
+            keys = self._surface.voxel_keys(pixels)
+            if lifted is not None:
+                observed = lifted.observed_keys.to(self.device)
+                keys = torch.cat((keys, observed))
+                pixel_valid = torch.cat((pixel_valid, torch.ones_like(observed, dtype=bool)))
+            slots = self._hash.insert(keys, pixel_valid)
+            num_pixels = pixels.shape[0]
+            self._surface.integrate(pixels, color.reshape(-1, 3),
                                     camera_center(frame.T_world_camera, self.device),
-                                    valid.reshape(-1))
+                                    valid.reshape(-1), slots=slots[:num_pixels])
         self.frames_integrated += 1
-        if masks is None:
+        if lifted is None:
             return IntegrationResult(0, 0, False, {})
-        if masks.labels.shape != frame.depth.shape:
-            raise ValueError(f'mask labels {masks.labels.shape} do not match depth '
-                             f'{frame.depth.shape}')
-        with self.timer.scope('lift'):
-            labels = as_tensor(masks.labels, self.device, torch.int64)
-            if self._lifter is not None:
-                lifted = self._lifter(points, valid, labels)
-            else:
-                lifted = lift_masks(points, valid, labels, config)
         with self.timer.scope('insert'):
-            inserted = self._insert(lifted, masks)
+            inserted = self._insert(lifted, slots[num_pixels:], masks)
         self.insertions += 1
         merged = False
         if self.insertions % config.merge_every_n_keyframes == 0:
@@ -123,12 +135,16 @@ class OnlineSegmenter:
             merged = True
         return IntegrationResult(masks.num_masks, inserted, merged, dict(lifted.dropped))
 
-    def _insert(self, lifted, masks: MaskObservation) -> int:
-        """Insert the accepted masks of one frame into the graph; return how many."""
-        observed_slots = self._hash.insert(lifted.observed_keys)
+    def _insert(self, lifted, observed_slots: torch.Tensor, masks: MaskObservation) -> int:
+        """Insert the accepted masks of one frame into the graph; return how many.
+
+        ``observed_slots``: int64 slots of ``lifted.observed_keys``.
+        """
         # Every mask key is an observed key (boundary removal only drops keys), and the
-        # observed keys are sorted: no second hash insert needed.
-        mask_slots = observed_slots[torch.searchsorted(lifted.observed_keys, lifted.mask_keys)]
+        # observed keys are sorted: their slots are found, not inserted.
+        observed_keys = lifted.observed_keys.to(self.device)
+        mask_slots = observed_slots[torch.searchsorted(observed_keys,
+                                                       lifted.mask_keys.to(self.device))]
         # Rows of the accepted masks, gathered on the device: reading the labels back would
         # sync, and every mask's feature row is a small upload.
         rows = lifted.labels.to(self.device) - 1

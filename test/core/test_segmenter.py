@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from onlineanyseg_ros.core.config import segmenter_config
+from onlineanyseg_ros.core.profiling import HostSyncCounter
 from onlineanyseg_ros.core.segmenter import OnlineSegmenter
 from onlineanyseg_ros.core.types import MaskObservation, RgbdFrame
 from onlineanyseg_ros.data import synthetic
@@ -107,3 +108,26 @@ def test_cuda_graph_lifting_builds_the_same_masks_as_eager_lifting(room):
     assert graph.lifting_stats['replays'] >= len(frames)
     assert graph.lifting_stats['fallbacks'] == 0 and eager.lifting_stats == {}
     assert graph.num_voxels == eager.num_voxels
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='counts CUDA host syncs')
+def test_keyframes_and_frames_read_the_host_a_fixed_few_times(room):
+    frames, masks, _, _ = room
+    device = torch.device('cuda')
+    segmenter = OnlineSegmenter(segmenter_config('default', {'merge_every_n_keyframes': 1000}),
+                                device=str(device))
+    counter = HostSyncCounter(device)
+
+    def syncs(frame, mask):
+        before = counter.count
+        with counter.counting():
+            segmenter.integrate(frame, mask)
+        return counter.count - before
+
+    keyframe_syncs = [syncs(frame, mask) for frame, mask in zip(frames, masks)]
+    frame_syncs = [syncs(frame, None) for frame in frames]
+    # Keyframe: the lifting status, one voxel-hash insert (pixels and lifted voxels), the
+    # mask graph's two size reads. Frame: the voxel-hash insert. More only while the
+    # lifter's capacities or the hash grow (the first keyframes).
+    assert np.median(keyframe_syncs[10:]) == 4
+    assert np.median(frame_syncs) == 1
