@@ -245,11 +245,11 @@ def _components(num_nodes: int, i: torch.Tensor, j: torch.Tensor
 
 
 def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor,
-                  num_segments: int, num_values: int, lanes: int = 1) -> torch.Tensor:
+                  num_segments: int, num_values: int) -> torch.Tensor:
     """``graph_ops.segment_mode`` of the ``live`` entries, by sorting instead of ``unique``.
 
     Returns int64 ``(num_segments,)`` modes (ties: the smallest value; ``num_values`` for a
-    segment without live entries). ``lanes``: see ``_lane_reduce``.
+    segment without live entries).
     """
     codes = torch.where(live, segment * num_values + value, _SENTINEL)
     sorted_codes, _ = torch.sort(codes)
@@ -257,12 +257,15 @@ def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor
     sorted_live = sorted_codes != _SENTINEL
     run_length = _counts(run, sorted_live, codes.numel()).index_select(0, run)
     code_segment = torch.div(sorted_codes, num_values, rounding_mode='floor')
-    segment_of_code = torch.where(sorted_live, code_segment, 0)
-    best = _lane_reduce(segment_of_code, sorted_live, run_length, num_segments, lanes, 'amax',
-                        0)
-    is_best = sorted_live & (run_length == best.index_select(0, segment_of_code))
-    return _lane_reduce(segment_of_code, is_best, sorted_codes % num_values, num_segments,
-                        lanes, 'amin', num_values)
+    best = torch.zeros(num_segments + _SCRATCH, dtype=torch.int64, device=codes.device)
+    best.scatter_reduce_(0, _target(code_segment, sorted_live, num_segments), run_length,
+                         reduce='amax')
+    is_best = sorted_live & (run_length == best.index_select(
+        0, torch.where(sorted_live, code_segment, 0)))
+    mode = torch.full((num_segments + _SCRATCH,), num_values, dtype=torch.int64,
+                      device=codes.device)
+    return mode.scatter_reduce_(0, _target(code_segment, is_best, num_segments),
+                                sorted_codes % num_values, reduce='amin')[:num_segments]
 
 
 def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
@@ -375,7 +378,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
                           component.index_select(0, edge_row), reduce='amin')
     label = label[:num_cells]
     shifted = torch.where(label == none, 0, label + 1)
-    mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1, lanes)
+    mode = _segment_mode(cell_mask, shifted, live, LABEL_CAPACITY, none + 1)
     keep = live & (shifted == mode.index_select(0, cell_mask))
     k = config.outlier_neighbors
     if k > 0:
