@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from onlineanyseg_ros.core import lifting_graph
 from onlineanyseg_ros.core.config import SegmenterConfig
@@ -606,44 +605,13 @@ def test_wide_masks_fall_back_to_lift_masks():
     assert lifter.stats['fallbacks'] == 1
 
 
-class _DataDependentOps(TorchDispatchMode):
-    """Record operators whose output size or result needs the host to read device data."""
-
-    NAMES = ('nonzero', 'unique', '_unique2', 'unique_consecutive', 'unique_dim',
-             'masked_select', '_local_scalar_dense', 'is_nonzero', 'equal', 'bincount',
-             'repeat_interleave', 'item')
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split('.')[0]
-        if name in self.NAMES:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-def test_lanes_of_the_per_label_pixel_reductions_do_not_change_results(monkeypatch):
-    inputs = _tensors(*synthetic_frame(seed=1))
-    one_lane = lift_padded(*inputs, CONFIG, ROOMY)
-    monkeypatch.setattr(lifting_graph, '_pixel_lanes', lambda device: 16)
-    sixteen = lift_padded(*inputs, CONFIG, ROOMY)
-    for name, expected, got in zip(one_lane._fields, one_lane, sixteen):
-        assert torch.equal(expected, got), name
-    index = torch.tensor([3, 3, 3, 0, 5, 3, 5, 7])
-    keep = torch.tensor([True, True, False, True, True, True, True, True])
-    assert lifting_graph._counts(index, keep, 8, lanes=4).tolist() == [1, 0, 0, 3, 0, 2, 0, 1]
-    assert lifting_graph._counts(index, keep, 8).tolist() == [1, 0, 0, 3, 0, 2, 0, 1]
-
-
-def test_padded_lifting_never_reads_device_data_on_the_host():
+def test_padded_lifting_never_reads_device_data_on_the_host(host_reads):
     inputs = _tensors(*synthetic_frame(seed=0))
-    with _DataDependentOps() as recorder:
+    with host_reads() as recorder:
         padded = lift_padded(*inputs, CONFIG, ROOMY)
     assert recorder.seen == []
     # The same recorder sees those of lift_masks (it would catch a regression).
-    with _DataDependentOps() as recorder:
+    with host_reads() as recorder:
         lift_masks(*inputs, CONFIG)
     assert 'nonzero' in recorder.seen
     assert padded.status.shape == (len(STATUS_FIELDS),)

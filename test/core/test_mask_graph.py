@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from onlineanyseg_ros.core import mask_graph, merging
 from onlineanyseg_ros.core.config import SegmenterConfig
@@ -201,29 +200,7 @@ def test_visibility_in_chunks_when_a_frame_overlaps_many_voxels(monkeypatch):
     _run_against_naive_reference('cpu', 80, 4, 12)
 
 
-class _HostReads(TorchDispatchMode):
-    """Count the operators and ``tolist`` calls that read device data on the host."""
-
-    NAMES = ('nonzero', '_unique2', 'unique_consecutive', '_local_scalar_dense',
-             'is_nonzero', 'masked_select', 'equal')
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.count = 0
-        tolist = torch.Tensor.tolist
-
-        def counted_tolist(tensor):
-            self.count += 1
-            return tolist(tensor)
-
-        monkeypatch.setattr(torch.Tensor, 'tolist', counted_tolist)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.__name__.split('.')[0] in self.NAMES
-        return func(*args, **(kwargs or {}))
-
-
-def test_an_insert_reads_the_host_twice(monkeypatch):
+def test_an_insert_reads_the_host_twice(host_reads):
     rng = random.Random(13)
     graph = MaskGraph(SegmenterConfig(), 'cpu')
     for frame in range(70):  # past the first frozen word
@@ -231,7 +208,7 @@ def test_an_insert_reads_the_host_twice(monkeypatch):
         slots = [s for m in masks for s in sorted(m)]
         offsets = np.cumsum([0] + [len(m) for m in masks])
         joins = graph.num_merged > 0
-        with _HostReads(monkeypatch) as counter:
+        with host_reads() as counter:
             graph.insert_frame(torch.tensor(observed, dtype=torch.int64),
                                torch.tensor(slots, dtype=torch.int64),
                                torch.tensor(offsets, dtype=torch.int64),

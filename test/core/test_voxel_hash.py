@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from onlineanyseg_ros.core import voxel_hash as voxel_hash_module
 from onlineanyseg_ros.core.voxel_hash import (COORD_OFFSET, pack_keys, unpack_keys, voxel_keys,
@@ -152,36 +151,14 @@ def test_a_negative_key_rejects_the_whole_insert_and_keeps_the_table(mode):
     assert voxel_hash.insert(new.to(device)).tolist() == list(range(10, 20))
 
 
-class _HostReads(TorchDispatchMode):
-    """Count the operators and ``tolist`` calls that read device data on the host."""
-
-    NAMES = ('nonzero', '_unique2', 'unique_consecutive', '_local_scalar_dense',
-             'is_nonzero', 'masked_select', 'equal')
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.count = 0
-        tolist = torch.Tensor.tolist
-
-        def counted_tolist(tensor):
-            self.count += 1
-            return tolist(tensor)
-
-        monkeypatch.setattr(torch.Tensor, 'tolist', counted_tolist)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.__name__.split('.')[0] in self.NAMES
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize('sync_free', (True, False))
-def test_sync_free_insert_reads_the_host_once(sync_free, monkeypatch):
+def test_sync_free_insert_reads_the_host_once(sync_free, host_reads):
     generator = torch.Generator().manual_seed(8)
     voxel_hash = VoxelHash('cpu', initial_capacity=1 << 14, sync_free=sync_free)
     voxel_hash.insert(pack_keys(torch.randint(-20, 20, (3000, 3), generator=generator)))
     keys = pack_keys(torch.randint(-25, 25, (3000, 3), generator=generator))
     valid = torch.rand(3000, generator=generator) < 0.8
-    with _HostReads(monkeypatch) as reads:
+    with host_reads() as reads:
         voxel_hash.insert(keys, valid)
     # Compacting mode: runs, absent keys, new-key count, placement (and valid rows).
     assert reads.count == 1 if sync_free else reads.count >= 4
