@@ -605,6 +605,19 @@ def test_wide_masks_fall_back_to_lift_masks():
     assert lifter.stats['fallbacks'] == 1
 
 
+def test_lanes_of_the_per_label_pixel_reductions_do_not_change_results(monkeypatch):
+    inputs = _tensors(*synthetic_frame(seed=1))
+    one_lane = lift_padded(*inputs, CONFIG, ROOMY)
+    monkeypatch.setattr(lifting_graph, '_pixel_lanes', lambda device: 16)
+    sixteen = lift_padded(*inputs, CONFIG, ROOMY)
+    for name, expected, got in zip(one_lane._fields, one_lane, sixteen):
+        assert torch.equal(expected, got), name
+    index = torch.tensor([3, 3, 3, 0, 5, 3, 5, 7])
+    keep = torch.tensor([True, True, False, True, True, True, True, True])
+    assert lifting_graph._counts(index, keep, 8, lanes=4).tolist() == [1, 0, 0, 3, 0, 2, 0, 1]
+    assert lifting_graph._counts(index, keep, 8).tolist() == [1, 0, 0, 3, 0, 2, 0, 1]
+
+
 def test_padded_lifting_never_reads_device_data_on_the_host(host_reads):
     inputs = _tensors(*synthetic_frame(seed=0))
     with host_reads() as recorder:
