@@ -541,9 +541,7 @@ class MaskGraph:
         targets_per_query = overlaps.sum(1)
         query_voxels = self._voxel_counts[existing:]
         # Frozen observation entries of the new masks' voxels (in incidence order).
-        frozen_low = torch.searchsorted(self._frozen_keys, pairs.slots << _WORD_BITS)
-        frozen_counts = torch.searchsorted(self._frozen_keys,
-                                           (pairs.slots + 1) << _WORD_BITS) - frozen_low
+        frozen_low, frozen_counts = self._frozen_ranges(pairs.slots)
         frozen_per_query = self._long(query_voxels.numel()).index_add_(0, pairs.masks,
                                                                        frozen_counts)
         num_pairs, target_voxels, query_pair_voxels, frozen_total = torch.stack(
@@ -569,11 +567,8 @@ class MaskGraph:
                     != 0).to(torch.int64)
             # Frozen words: the query voxels' only (elements past the target voxels).
             voxel = position[target_voxels:] - self._mask_ptr[existing]  # into pairs.slots
-            element, entry = expand_segments(frozen_low[voxel], frozen_counts[voxel],
-                                             frozen_total)
-            words = self._frozen_keys[entry] & _WORD_MASK
-            shares = (self._frozen_words[entry]
-                      & self._frames[observer[target_voxels:][element], words]) != 0
+            element, shares = self._frozen_shares(frozen_low[voxel], frozen_counts[voxel],
+                                                  frozen_total, observer[target_voxels:])
             seen.scatter_reduce_(0, element + target_voxels, shares.to(torch.int64), 'amax')
             visible = self._long(2 * num_pairs).index_add_(0, pair, seen)
         cfg = self.config
@@ -646,12 +641,26 @@ class MaskGraph:
 
     def _frozen_visible(self, slots: torch.Tensor, observer: torch.Tensor) -> torch.Tensor:
         """Bool ``(n,)``: a frozen word of ``slots[i]`` shares a frame with ``observer[i]``."""
+        low, lengths = self._frozen_ranges(slots)
+        element, shares = self._frozen_shares(low, lengths, int(lengths.sum()),  # sync: size
+                                              observer)
+        return self._long(slots.numel()).index_add_(0, element, shares.to(torch.int64)) > 0
+
+    def _frozen_ranges(self, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Int64 ``(n,)`` first entry and entry count of each slot in the frozen store."""
         low = torch.searchsorted(self._frozen_keys, slots << _WORD_BITS)
-        lengths = torch.searchsorted(self._frozen_keys, (slots + 1) << _WORD_BITS) - low
-        owner, entry = expand_segments(low, lengths, int(lengths.sum()))  # sync: size
+        return low, torch.searchsorted(self._frozen_keys, (slots + 1) << _WORD_BITS) - low
+
+    def _frozen_shares(self, low: torch.Tensor, lengths: torch.Tensor, total: int,
+                       observer: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Expand the frozen entries of elements with ``_frozen_ranges`` output.
+
+        Returns ``(element, shares)`` per entry: its element ``i`` and whether its word
+        shares a frame with ``observer[i]``. ``total`` must equal ``lengths.sum()``.
+        """
+        element, entry = expand_segments(low, lengths, total)
         words = self._frozen_keys[entry] & _WORD_MASK
-        shares = (self._frozen_words[entry] & self._frames[observer[owner], words]) != 0
-        return self._long(slots.numel()).index_add_(0, owner, shares.to(torch.int64)) > 0
+        return element, (self._frozen_words[entry] & self._frames[observer[element], words]) != 0
 
     # ----------------------------------------------------------------- merge round
 
