@@ -113,16 +113,16 @@ class OnlineSegmenter:
         with self.timer.scope('surface'):
             # The whole image with its mask: compacting the valid pixels would sync on CUDA.
             pixels, pixel_valid = points.reshape(-1, 3), valid.reshape(-1)
-            keys = self._surface.voxel_keys(pixels)
+            keys, key_valid = self._surface.voxel_keys(pixels), pixel_valid
             if lifted is not None:
                 observed = lifted.observed_keys.to(self.device)
                 keys = torch.cat((keys, observed))
-                pixel_valid = torch.cat((pixel_valid, torch.ones_like(observed, dtype=bool)))
-            slots = self._hash.insert(keys, pixel_valid)
+                key_valid = torch.cat((pixel_valid, torch.ones_like(observed, dtype=bool)))
+            slots = self._hash.insert(keys, key_valid)
             num_pixels = pixels.shape[0]
             self._surface.integrate(pixels, color.reshape(-1, 3),
                                     camera_center(frame.T_world_camera, self.device),
-                                    valid.reshape(-1), slots=slots[:num_pixels])
+                                    pixel_valid, slots=slots[:num_pixels])
         self.frames_integrated += 1
         if lifted is None:
             return IntegrationResult(0, 0, False, {})
