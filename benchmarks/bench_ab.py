@@ -11,9 +11,12 @@ every keyframe, and reports both sides' medians from the same minutes of the sam
 
 - ``scale``: ``MaskGraph`` on the ``bench_scale.py`` stream (inserts and a merge round
   every 5 keyframes), and a check that both ends with the same merged masks;
-- ``segmenter``: ``OnlineSegmenter`` per stage (device-synchronized on both sides) and
-  per whole keyframe call without a merge round (``[keyframe]``) on a ScanNet-format
-  sequence with precomputed masks (as ``bench_segmenter.py``), descriptor 'none'.
+- ``segmenter``: ``OnlineSegmenter`` per stage and per whole keyframe call without a
+  merge round (``[keyframe]``) on a ScanNet-format sequence with precomputed masks (as
+  ``bench_segmenter.py``), descriptor 'none'. ``--timing sync`` (default) synchronizes
+  the device around every stage on both sides; ``--timing events`` times stages by CUDA
+  events, which leaves work that overlaps stages (streams) overlapping, so that the
+  whole keyframe calls compare the code as it runs in the node.
 
     PYTHONPATH=. python benchmarks/bench_ab.py scale --baseline-rev cd7f808 --device cuda
     PYTHONPATH=. python benchmarks/bench_ab.py segmenter --scene /tmp/s --masks /tmp/m \\
@@ -123,8 +126,11 @@ def run_segmenter(args, baseline) -> None:
             baseline('core.config').segmenter_config('default', overrides),
             device=args.device)}
     device = torch.device(args.device)
-    # Stages timed the same way on both sides: the device synchronized around each.
-    segmenters['current'].timer = StageTimer(device, synchronize=True)
+    # Stages timed the same way on both sides.
+    synchronize = args.timing == 'sync'
+    segmenters['current'].timer = StageTimer(device, synchronize=synchronize)
+    segmenters['baseline'].timer = baseline('core.profiling').StageTimer(
+        device, synchronize=synchronize)
     keyframe_ms = {name: [] for name in segmenters}
     for index, frame in enumerate(tqdm(sequence, desc='frames', unit='frame')):
         masks = read_mask_observation(args.masks, stems[frame.frame_index])
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument('--scene', help='segmenter: ScanNet-format sequence directory')
     parser.add_argument('--masks', help='segmenter: precomputed mask directory')
     parser.add_argument('--frames', type=int, default=300, help='segmenter: frames (0 = all)')
+    parser.add_argument('--timing', choices=('sync', 'events'), default='sync',
+                        help='segmenter: how stages are timed (see above)')
     args = parser.parse_args(argv)
     if args.mode == 'segmenter' and not (args.scene and args.masks):
         parser.error('segmenter needs --scene and --masks')

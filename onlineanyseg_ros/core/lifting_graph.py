@@ -597,9 +597,11 @@ class GraphLifter:
     """``lift_masks`` for one image size, replayed from a CUDA graph on CUDA devices.
 
     Per call: copy the inputs into static buffers, replay, read the status and output sizes
-    (the one host sync), copy the outputs out. A frame that needs larger capacities grows
-    them (25-40 % headroom), recaptures and replays again; a frame the packed
-    codes cannot represent, or whose components did not converge, runs ``lift_masks``.
+    (the one host sync), copy the outputs out; ``launch`` queues the replay and its
+    ``PendingLift.result()`` reads it later, so that other work can overlap the replay. A
+    frame that needs larger capacities grows them (25-40 % headroom), recaptures and
+    replays again; a frame the packed codes cannot represent, or whose components did not
+    converge, runs ``lift_masks``.
     Without CUDA (or with ``use_graph=False``) ``lift_padded`` runs eagerly, which tests the
     same code paths on the CPU. If a capture fails (a driver or an operator that graphs do
     not support), the lifter warns once and runs ``lift_masks`` from then on.
@@ -624,31 +626,63 @@ class GraphLifter:
         self._graph = None
         self._inputs: Optional[Tuple[torch.Tensor, ...]] = None
         self._outputs: Optional[PaddedLift] = None
+        # Recorded once the last result was copied out of the static output buffers.
+        self._released: Optional[torch.cuda.Event] = None
 
     def __call__(self, points_world: torch.Tensor, valid: torch.Tensor,
                  labels: torch.Tensor) -> LiftedFrame:
         """Lift one frame (arguments as ``lift_masks``)."""
+        return self.launch(points_world, valid, labels).result()
+
+    def launch(self, points_world: torch.Tensor, valid: torch.Tensor,
+               labels: torch.Tensor) -> 'PendingLift':
+        """Queue the lifting of one frame on the current stream; ``result()`` reads it.
+
+        Nothing here waits for the device, so a caller that launches on a side stream can
+        queue other work while the replay runs (the inputs must then stay valid for that
+        stream: ``Tensor.record_stream``). Arguments as ``lift_masks``.
+        """
         self.stats['calls'] += 1
+        if self._released is not None:
+            # The static buffers are rewritten: the last result must have been copied out.
+            torch.cuda.current_stream(self.device).wait_event(self._released)
+        inputs = (points_world, valid, labels)
+        outputs = self._run(*inputs)
+        done = None
+        if self.device.type == 'cuda':
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+        return PendingLift(self, inputs, outputs, done)
+
+    def _finish(self, inputs: Tuple[torch.Tensor, ...], outputs: Optional[PaddedLift],
+                done: Optional[torch.cuda.Event]) -> LiftedFrame:
+        """Read a launched lift (``PendingLift.result``): grow and rerun, or fall back."""
+        if done is not None:
+            torch.cuda.current_stream(self.device).wait_event(done)
         while True:
-            outputs = self._run(points_world, valid, labels)
             status = None if outputs is None else dict(zip(STATUS_FIELDS,
                                                            outputs.status.tolist()))
             if status is None or any(status[flag] for flag in _WRONG_RESULT_FLAGS):
                 self.stats['fallbacks'] += 1
-                return lift_masks(points_world, valid, labels, self.config)
+                return lift_masks(*inputs, self.config)
             grown = self._grown(status)
             if grown == self.capacities:
                 break
             self.capacities = grown
             self.stats['regrowths'] += 1
             self._graph = None
+            outputs = self._run(*inputs)
         accepted, mask_keys, observed = (status['accepted'], status['mask_keys'],
                                          status['observed_keys'])
-        return LiftedFrame(labels=outputs.labels[:accepted].clone(),
-                           observed_keys=outputs.observed_keys[:observed].clone(),
-                           mask_keys=outputs.mask_keys[:mask_keys].clone(),
-                           mask_offsets=outputs.mask_offsets[:accepted + 1].clone(),
-                           dropped={reason: status[reason] for reason in DROP_REASONS})
+        lifted = LiftedFrame(labels=outputs.labels[:accepted].clone(),
+                             observed_keys=outputs.observed_keys[:observed].clone(),
+                             mask_keys=outputs.mask_keys[:mask_keys].clone(),
+                             mask_offsets=outputs.mask_offsets[:accepted + 1].clone(),
+                             dropped={reason: status[reason] for reason in DROP_REASONS})
+        if done is not None:
+            self._released = torch.cuda.Event()
+            self._released.record(torch.cuda.current_stream(self.device))
+        return lifted
 
     def _grown(self, status: Dict[str, int]) -> Capacities:
         """Capacities that hold the frame of ``status`` with 25-40 % headroom."""
@@ -704,3 +738,22 @@ class GraphLifter:
             self._outputs = lift_padded(*self._inputs, self.config, self.capacities)
         self._graph = graph
         self.stats['captures'] += 1
+
+
+class PendingLift:
+    """A frame queued by ``GraphLifter.launch``: ``result()`` reads it (one host sync).
+
+    The reading stream first waits for the stream the lift was launched on. A frame that
+    needs larger capacities or ``lift_masks`` is rerun there, on the reading stream.
+    """
+
+    def __init__(self, lifter: GraphLifter, inputs: Tuple[torch.Tensor, ...],
+                 outputs: Optional[PaddedLift], done: Optional[torch.cuda.Event]) -> None:
+        self._lifter = lifter
+        self._inputs = inputs
+        self._outputs = outputs
+        self._done = done
+
+    def result(self) -> LiftedFrame:
+        """Return the lifted frame, as ``lift_masks`` does."""
+        return self._lifter._finish(self._inputs, self._outputs, self._done)

@@ -6,10 +6,11 @@ round now; ``instances()`` / ``labeled_points()`` export the current map; ``save
 ``load(dir)`` persist it.
 """
 
+import contextlib
 from dataclasses import dataclass
 import os
 import pathlib
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 
@@ -62,6 +63,8 @@ class OnlineSegmenter:
         self._lifter = (GraphLifter(self.config, self.device)
                         if self.config.cuda_graph_lifting and self.device.type == 'cuda'
                         and supports(self.config) else None)
+        self._lift_stream = (torch.cuda.Stream(self.device) if self._lifter is not None
+                             else None)
         self.reset()
 
     def reset(self) -> None:
@@ -91,8 +94,8 @@ class OnlineSegmenter:
 
         A mask insertion counts towards the merge schedule even when every mask is rejected,
         as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
-        On a keyframe the masks are lifted first, so that one voxel-hash insert (one host
-        sync on CUDA) gives the slots of the pixels and of the lifted masks' voxels.
+        On CUDA a keyframe's lifting is replayed on a stream of its own while the surface
+        map integrates the frame, and read only when the masks are inserted.
         """
         config = self.config
         if masks is not None and masks.labels.shape != frame.depth.shape:
@@ -102,32 +105,28 @@ class OnlineSegmenter:
         with self.timer.scope('backproject'):
             points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
                                         config.depth_near_m, config.depth_far_m, self.device)
-        lifted = None
+        lifted = pending = None
         if masks is not None:
-            with self.timer.scope('lift'):
-                labels = as_tensor(masks.labels, self.device, torch.int64)
+            labels = as_tensor(masks.labels, self.device, torch.int64)
+            with self._lifting_stream(points, valid, labels), self.timer.scope('lift'):
                 if self._lifter is not None:
-                    lifted = self._lifter(points, valid, labels)
+                    pending = self._lifter.launch(points, valid, labels)
                 else:
                     lifted = lift_masks(points, valid, labels, config)
         with self.timer.scope('surface'):
             # The whole image with its mask: compacting the valid pixels would sync on CUDA.
             pixels, pixel_valid = points.reshape(-1, 3), valid.reshape(-1)
-            keys, key_valid = self._surface.voxel_keys(pixels), pixel_valid
-            if lifted is not None:
-                observed = lifted.observed_keys.to(self.device)
-                keys = torch.cat((keys, observed))
-                key_valid = torch.cat((pixel_valid, torch.ones_like(observed, dtype=bool)))
-            slots = self._hash.insert(keys, key_valid)
-            num_pixels = pixels.shape[0]
+            slots = self._hash.insert(self._surface.voxel_keys(pixels), pixel_valid)
             self._surface.integrate(pixels, color.reshape(-1, 3),
                                     camera_center(frame.T_world_camera, self.device),
-                                    pixel_valid, slots=slots[:num_pixels])
+                                    pixel_valid, slots=slots)
         self.frames_integrated += 1
-        if lifted is None:
+        if masks is None:
             return IntegrationResult(0, 0, False, {})
         with self.timer.scope('insert'):
-            inserted = self._insert(lifted, slots[num_pixels:], masks)
+            if pending is not None:
+                lifted = pending.result()
+            inserted = self._insert(lifted, masks)
         self.insertions += 1
         merged = False
         if self.insertions % config.merge_every_n_keyframes == 0:
@@ -135,14 +134,28 @@ class OnlineSegmenter:
             merged = True
         return IntegrationResult(masks.num_masks, inserted, merged, dict(lifted.dropped))
 
-    def _insert(self, lifted, observed_slots: torch.Tensor, masks: MaskObservation) -> int:
-        """Insert the accepted masks of one frame into the graph; return how many.
+    @contextlib.contextmanager
+    def _lifting_stream(self, *inputs: torch.Tensor) -> Iterator[None]:
+        """Run the body on the lifting stream (CUDA), after the work queued so far.
 
-        ``observed_slots``: int64 slots of ``lifted.observed_keys``.
+        ``inputs`` are recorded on that stream: the caching allocator must not hand their
+        memory out again before the lifting stream has read them.
         """
+        if self._lift_stream is None:
+            yield
+            return
+        self._lift_stream.wait_stream(torch.cuda.current_stream(self.device))
+        for tensor in inputs:
+            tensor.record_stream(self._lift_stream)
+        with torch.cuda.stream(self._lift_stream):
+            yield
+
+    def _insert(self, lifted, masks: MaskObservation) -> int:
+        """Insert the accepted masks of one frame into the hash and graph; return how many."""
+        observed_keys = lifted.observed_keys.to(self.device)
+        observed_slots = self._hash.insert(observed_keys)
         # Every mask key is an observed key (boundary removal only drops keys), and the
         # observed keys are sorted: their slots are found, not inserted.
-        observed_keys = lifted.observed_keys.to(self.device)
         mask_slots = observed_slots[torch.searchsorted(observed_keys,
                                                        lifted.mask_keys.to(self.device))]
         # Rows of the accepted masks, gathered on the device: reading the labels back would
