@@ -44,6 +44,30 @@ def expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
     return owner, flat + (starts - ends + lengths)[owner]
 
 
+def segment_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Int64 ``(k,)`` sums of ``k`` consecutive segments of int64 or bool ``values`` ``(n,)``.
+
+    Segment ``i`` holds the next ``lengths[i]`` entries (``lengths.sum() == n``), as
+    ``expand_segments`` lays them out. Prefix sums read at the segment ends: an
+    ``index_add_`` over the (sorted) segment ids would serialize its atomics on CUDA, one
+    address per segment.
+    """
+    prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
+    ends = torch.cumsum(lengths, 0)
+    return prefix[ends] - prefix[ends - lengths]
+
+
+def sorted_counts(sorted_values: torch.Tensor, size: int) -> torch.Tensor:
+    """Int64 ``(size,)`` occurrences of each value of non-decreasing int64 values in ``[0, size)``.
+
+    A binary search per value instead of ``count_values``: atomics of sorted values
+    serialize on CUDA.
+    """
+    bounds = torch.searchsorted(sorted_values, torch.arange(size + 1,
+                                                            device=sorted_values.device))
+    return bounds[1:] - bounds[:-1]
+
+
 def _cell_codes(query_cells: torch.Tensor, query_batch: torch.Tensor,
                 reference_cells: torch.Tensor, reference_batch: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ import torch
 from onlineanyseg_ros.core import merging
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.graph_ops import (connected_components, count_values,
-                                             expand_segments)
+                                             expand_segments, segment_sums, sorted_counts)
 
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
@@ -422,8 +422,7 @@ class MaskGraph:
         self._slot_buffer[size:size + added] = slots
         self._inc_mid = self._mid_buffer[:size + added]
         self._inc_slot = self._slot_buffer[:size + added]
-        counts = self._long(num_masks).index_add_(0, mids - self._num_merged,
-                                                  torch.ones_like(mids))
+        counts = sorted_counts(mids - self._num_merged, num_masks)
         self._voxel_counts = torch.cat([self._voxel_counts, counts])
         self._mask_ptr = torch.cat([self._mask_ptr,
                                     self._mask_ptr[-1] + torch.cumsum(counts, 0)])
@@ -535,15 +534,14 @@ class MaskGraph:
         target can share a frame with it; the expansion's length and the frozen entries
         of the new masks' voxels then follow from the overlap counts, and are read back
         with the number of overlapping pairs in one host sync. (This path is bound by
-        kernel launches: sums take one ``index_add_`` rather than prefix sums.)
+        kernel launches and by atomics: sums over sorted ids take prefix sums.)
         """
         overlaps = pairs.overlap > 0
         targets_per_query = overlaps.sum(1)
         query_voxels = self._voxel_counts[existing:]
         # Frozen observation entries of the new masks' voxels (in incidence order).
         frozen_low, frozen_counts = self._frozen_ranges(pairs.slots)
-        frozen_per_query = self._long(query_voxels.numel()).index_add_(0, pairs.masks,
-                                                                       frozen_counts)
+        frozen_per_query = segment_sums(frozen_counts, query_voxels)
         num_pairs, target_voxels, query_pair_voxels, frozen_total = torch.stack(
             (overlaps.sum(), (overlaps * self._voxel_counts[:existing]).sum(),
              (query_voxels * targets_per_query).sum(),
@@ -570,7 +568,7 @@ class MaskGraph:
             element, shares = self._frozen_shares(frozen_low[voxel], frozen_counts[voxel],
                                                   frozen_total, observer[target_voxels:])
             seen.scatter_reduce_(0, element + target_voxels, shares.to(torch.int64), 'amax')
-            visible = self._long(2 * num_pairs).index_add_(0, pair, seen)
+            visible = segment_sums(seen, self._voxel_counts[contained])
         cfg = self.config
         self._containment[container, contained] = merging.gated_containment(
             pairs.overlap[rows, targets].repeat(2), visible, self._voxel_counts[contained],
@@ -635,7 +633,7 @@ class MaskGraph:
             observer = observers[first:last][pair]
             visible = self._frozen_visible(slots, observer)
             visible |= (self._active_bits[slots] & self._frames[observer, self._active_word]) != 0
-            counts[first:last].index_add_(0, pair, visible.to(torch.int64))
+            counts[first:last] = segment_sums(visible, lengths[first:last])
             first = last
         return counts
 
@@ -644,7 +642,7 @@ class MaskGraph:
         low, lengths = self._frozen_ranges(slots)
         element, shares = self._frozen_shares(low, lengths, int(lengths.sum()),  # sync: size
                                               observer)
-        return self._long(slots.numel()).index_add_(0, element, shares.to(torch.int64)) > 0
+        return segment_sums(shares, lengths) > 0
 
     def _frozen_ranges(self, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Int64 ``(n,)`` first entry and entry count of each slot in the frozen store."""

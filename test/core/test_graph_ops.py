@@ -10,7 +10,7 @@ import torch
 from onlineanyseg_ros.core.graph_ops import (_knn_sums_exhaustive, connected_components,
                                              knn_mean_distance, lattice_neighbors,
                                              lattice_offsets, radius_pairs, radius_search,
-                                             segment_mode)
+                                             segment_mode, segment_sums, sorted_counts)
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
@@ -224,3 +224,24 @@ def test_knn_mean_distance_with_candidates(search):
                                    missing, search=search)[:-2] > exact[:-2]).all())
     with pytest.raises(ValueError, match='at most k'):
         knn_mean_distance(torch.tensor(points), torch.tensor(batch), 3, 0.02, nearest)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_segment_sums_and_sorted_counts_match_scatter_adds(device):
+    rng = np.random.default_rng(3)
+    # Empty segments at the start, in the middle and at the end.
+    lengths = torch.tensor([0, 3, 1, 0, 0, 7, 2, 0], device=device)
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    values = torch.as_tensor(rng.integers(-5, 9, owner.numel()), device=device)
+    expected = torch.zeros(lengths.numel(), dtype=torch.int64,
+                           device=device).index_add_(0, owner, values)
+    assert torch.equal(segment_sums(values, lengths), expected)
+    flags = values > 0
+    assert torch.equal(segment_sums(flags, lengths),
+                       torch.zeros_like(expected).index_add_(0, owner, flags.long()))
+    assert torch.equal(sorted_counts(owner, lengths.numel()), lengths)
+    assert torch.equal(sorted_counts(owner, lengths.numel() + 2),
+                       torch.cat((lengths, lengths.new_zeros(2))))
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    assert torch.equal(segment_sums(empty, torch.zeros(2, dtype=torch.int64, device=device)),
+                       torch.zeros(2, dtype=torch.int64, device=device))
