@@ -6,7 +6,7 @@ A voxel is addressed by the integer lattice coordinate of its lower corner,
 not depend on any hash-map internals, so it never changes when a table rehashes.
 """
 
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -20,9 +20,11 @@ _AXIS_MULTIPLIERS = (73856093, 19349663, 83492791)
 _MIX_MULTIPLIER = 0x5BD1E995
 _LOW31 = (1 << 31) - 1
 _NO_KEY = (1 << 63) - 1  # sorts after every packed key
-# Buckets scanned per key and placement round; insertion rounds between two host checks.
+# Buckets scanned per key and placement round; insertion rounds between two host checks
+# (sync-free mode). Each round is ~25 kernel launches; on a 300-frame room, keys still
+# waited after 3 rounds in 1 of 277 inserts, as after 4, and after 2 rounds in 9.
 _INSERT_WINDOW = 16
-_ROUNDS_PER_CHECK = 4
+_ROUNDS_PER_CHECK = 3
 # A key farther than this from its home bucket makes the table grow (lookups scan this far).
 _MAX_DISPLACEMENT = 64
 # New keys placed before their count is read (sync-free insert), at least: twice the
@@ -173,23 +175,38 @@ class VoxelHash:
         ``valid``: bool, the shape of ``keys``, or None (all valid); invalid entries are not
         inserted, their keys may hold anything, and their slot is -1.
         """
+        return self.insert_reading(keys, valid)[0]
+
+    def insert_reading(self, keys: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                       extra: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[int]]:
+        """``insert``, and read the int64 device tensor ``extra`` back in its host sync.
+
+        Returns the slots and ``extra``'s values (flattened; ``[]`` without ``extra``). A
+        caller with sizes of its own to read saves a sync (sync-free mode; otherwise
+        ``extra`` is read on its own).
+        """
+        extra = (torch.zeros(0, dtype=torch.int64, device=self.device) if extra is None
+                 else extra.reshape(-1).to(device=self.device, dtype=torch.int64))
         flat = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
         if valid is not None:
             if valid.shape != keys.shape:
                 raise ValueError(f'valid {tuple(valid.shape)} does not match keys '
                                  f'{tuple(keys.shape)}')
             valid = valid.reshape(-1).to(device=self.device, dtype=torch.bool)
+        extra_values = None
         if flat.numel() == 0:
             slots = flat.clone()
         elif self.sync_free:
-            slots = self._insert_sync_free(flat, valid)
+            slots, extra_values = self._insert_sync_free(flat, valid, extra)
         elif valid is not None:
             rows = torch.nonzero(valid).squeeze(1)
             slots = torch.full_like(flat, -1)
             slots[rows] = self._insert_compact(flat[rows])
         else:
             slots = self._insert_compact(flat)
-        return slots.reshape(keys.shape)
+        if extra_values is None:
+            extra_values = extra.tolist() if extra.numel() else []
+        return slots.reshape(keys.shape), extra_values
 
     def _insert_compact(self, flat: torch.Tensor) -> torch.Tensor:
         """``insert`` of int64 ``(n,)`` keys by compaction (three host syncs, fewer entries)."""
@@ -212,16 +229,18 @@ class VoxelHash:
             self._append(run_keys[new.first_seen[:num_new]])
         return slots[run_of_key]
 
-    def _insert_sync_free(self, flat: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        """``insert`` of int64 ``(n,)`` keys with one host sync (usually).
+    def _insert_sync_free(self, flat: torch.Tensor, valid: Optional[torch.Tensor],
+                          extra: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+        """``insert_reading`` of int64 ``(n,)`` keys with one host sync (usually).
 
         Every entry is looked up and sorted, with finished or invalid entries masked
         instead of compacted. The new keys are placed (a few rounds) before their number is
         known: the first ``_placement_bound`` of them in slot order, a bound that follows
         the recent calls' counts. One read then returns their number, the placement
-        progress and the negative-key check together. Whatever that read says is left to
-        do (load, displacement, keys waiting or past the bound, negative keys) is settled
-        as ``_append`` would: a rehash, or more placement rounds.
+        progress, the negative-key check and the caller's ``extra`` together. Whatever
+        that read says is left to do (load, displacement, keys waiting or past the bound,
+        negative keys) is settled as ``_append`` would: a rehash, or more placement
+        rounds.
         """
         n = flat.numel()
         slots = self._probe_lookup(flat)
@@ -244,9 +263,10 @@ class VoxelHash:
         placement = self._claim(new_keys[:bound], torch.arange(
             first_slot, first_slot + bound, device=self.device),
             settled=new_keys[:bound] == _NO_KEY)
-        num_new, has_negative, waiting, farthest = torch.stack(
-            (new.count, negative.to(torch.int64), *placement.progress(self.table_size))
-        ).tolist()
+        read = torch.stack((new.count, negative.to(torch.int64),
+                            *placement.progress(self.table_size)))
+        values = (torch.cat((read, extra)) if extra.numel() else read).tolist()
+        num_new, has_negative, waiting, farthest = values[:4]
         if has_negative:
             self._rehash(self.table_size)  # drops this call's placements
             raise ValueError('VoxelHash keys must be non-negative packed voxel keys')
@@ -261,7 +281,7 @@ class VoxelHash:
                 new_keys[bound:num_new], torch.arange(first_slot + bound, needed,
                                                       device=self.device)):
             self._rehash(2 * self.table_size)
-        return slots
+        return slots, values[4:]
 
     def _number_new_keys(self, sorted_keys: torch.Tensor, order: torch.Tensor) -> '_NewKeys':
         """Slots for the distinct keys among ``sorted_keys`` (``_NO_KEY`` = not new).

@@ -164,6 +164,24 @@ def test_sync_free_insert_reads_the_host_once(sync_free, host_reads):
     assert reads.count == 1 if sync_free else reads.count >= 4
 
 
+@pytest.mark.parametrize('sync_free', (True, False))
+def test_insert_reading_reads_the_extra_values_in_the_same_sync(sync_free, host_reads):
+    generator = torch.Generator().manual_seed(9)
+    keys = pack_keys(torch.randint(-25, 25, (3000, 3), generator=generator))
+    valid = torch.rand(3000, generator=generator) < 0.8
+    reference = VoxelHash('cpu', initial_capacity=1 << 14, sync_free=sync_free)
+    voxel_hash = VoxelHash('cpu', initial_capacity=1 << 14, sync_free=sync_free)
+    extra = torch.tensor([[7, -2], [0, 1 << 40]])
+    with host_reads() as reads:
+        slots, values = voxel_hash.insert_reading(keys, valid, extra)
+    assert values == [7, -2, 0, 1 << 40]
+    assert torch.equal(slots, reference.insert(keys, valid))
+    assert reads.count == 1 if sync_free else reads.count >= 5
+    slots, values = voxel_hash.insert_reading(keys[:0], extra=extra[0])
+    assert slots.numel() == 0 and values == [7, -2]
+    assert voxel_hash.insert_reading(keys)[1] == []
+
+
 def test_state_dict_round_trip_and_reset():
     generator = torch.Generator().manual_seed(2)
     voxel_hash = VoxelHash('cpu', initial_capacity=8)
