@@ -28,7 +28,7 @@ cannot represent a frame.
 """
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 import warnings
 
 import torch
@@ -96,6 +96,9 @@ class PaddedLift(NamedTuple):
         mask_keys: int64 ``(V,)``: post-boundary keys, mask by mask, then padding.
         observed_keys: int64 ``(V,)``: sorted unique pre-boundary keys, then padding.
         status: int64 ``(len(STATUS_FIELDS),)``, in ``STATUS_FIELDS`` order.
+        complete: bool scalar: every capacity sufficed and no flag of a wrong result is
+            set, i.e. the outputs are ``lift_masks``'s (known on the device, before the
+            status is read).
     """
 
     labels: torch.Tensor
@@ -103,6 +106,7 @@ class PaddedLift(NamedTuple):
     mask_keys: torch.Tensor
     observed_keys: torch.Tensor
     status: torch.Tensor
+    complete: torch.Tensor
 
 
 def supports(config: SegmenterConfig) -> bool:
@@ -463,7 +467,11 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
                                      knn_needed['far_pairs'], hits_needed,
                                      label_out_of_range.long(), cell_out_of_range.long(),
                                      voxel_out_of_range.long(), (~converged).long()))))
-    return PaddedLift(accepted_labels, offsets, mask_keys, observed_keys, status)
+    complete = torch.stack(
+        [status[STATUS_FIELDS.index(name)] <= getattr(capacities, name)
+         for name in Capacities._fields]
+        + [status[STATUS_FIELDS.index(flag)] == 0 for flag in _WRONG_RESULT_FLAGS]).all()
+    return PaddedLift(accepted_labels, offsets, mask_keys, observed_keys, status, complete)
 
 
 def _mean_knn_distance(cells: torch.Tensor, cell_code: torch.Tensor, cell_mask: torch.Tensor,
@@ -655,23 +663,30 @@ class GraphLifter:
         return PendingLift(self, inputs, outputs, done)
 
     def _finish(self, inputs: Tuple[torch.Tensor, ...], outputs: Optional[PaddedLift],
-                done: Optional[torch.cuda.Event]) -> LiftedFrame:
-        """Read a launched lift (``PendingLift.result``): grow and rerun, or fall back."""
-        if done is not None:
-            torch.cuda.current_stream(self.device).wait_event(done)
+                status_values: Optional[List[int]]) -> Tuple[LiftedFrame, bool]:
+        """Read a launched lift (``PendingLift.result``): grow and rerun, or fall back.
+
+        ``status_values``: the launched outputs' status when the caller has read it.
+        Returns the frame and whether it comes from the launched outputs.
+        """
+        launched = True
         while True:
-            status = None if outputs is None else dict(zip(STATUS_FIELDS,
-                                                           outputs.status.tolist()))
+            if outputs is None:
+                status = None
+            else:
+                if status_values is None:
+                    status_values = outputs.status.tolist()
+                status = dict(zip(STATUS_FIELDS, status_values))
             if status is None or any(status[flag] for flag in _WRONG_RESULT_FLAGS):
                 self.stats['fallbacks'] += 1
-                return lift_masks(*inputs, self.config)
+                return lift_masks(*inputs, self.config), False
             grown = self._grown(status)
             if grown == self.capacities:
                 break
             self.capacities = grown
             self.stats['regrowths'] += 1
             self._graph = None
-            outputs = self._run(*inputs)
+            outputs, status_values, launched = self._run(*inputs), None, False
         accepted, mask_keys, observed = (status['accepted'], status['mask_keys'],
                                          status['observed_keys'])
         lifted = LiftedFrame(labels=outputs.labels[:accepted].clone(),
@@ -679,10 +694,10 @@ class GraphLifter:
                              mask_keys=outputs.mask_keys[:mask_keys].clone(),
                              mask_offsets=outputs.mask_offsets[:accepted + 1].clone(),
                              dropped={reason: status[reason] for reason in DROP_REASONS})
-        if done is not None:
+        if self.device.type == 'cuda':
             self._released = torch.cuda.Event()
             self._released.record(torch.cuda.current_stream(self.device))
-        return lifted
+        return lifted, launched
 
     def _grown(self, status: Dict[str, int]) -> Capacities:
         """Capacities that hold the frame of ``status`` with 25-40 % headroom."""
@@ -743,8 +758,12 @@ class GraphLifter:
 class PendingLift:
     """A frame queued by ``GraphLifter.launch``: ``result()`` reads it (one host sync).
 
-    The reading stream first waits for the stream the lift was launched on. A frame that
-    needs larger capacities or ``lift_masks`` is rerun there, on the reading stream.
+    The stream that reads it first waits for the stream the lift was launched on. A frame
+    that needs larger capacities or ``lift_masks`` is rerun there, on the reading stream.
+
+    Attributes:
+        launched: after ``result()``: whether the frame came from the launched outputs
+            (False: it was rerun).
     """
 
     def __init__(self, lifter: GraphLifter, inputs: Tuple[torch.Tensor, ...],
@@ -753,7 +772,35 @@ class PendingLift:
         self._inputs = inputs
         self._outputs = outputs
         self._done = done
+        self.launched = False
 
-    def result(self) -> LiftedFrame:
-        """Return the lifted frame, as ``lift_masks`` does."""
-        return self._lifter._finish(self._inputs, self._outputs, self._done)
+    def _wait(self) -> None:
+        """Make the current stream wait for the launch (once)."""
+        if self._done is not None:
+            torch.cuda.current_stream(self._lifter.device).wait_event(self._done)
+            self._done = None
+
+    def observed(self) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Return the launched outputs' observed keys on the device, before any host read.
+
+        Returns ``(keys, valid, status)``: int64 ``(V,)`` padded keys, bool ``(V,)`` for
+        the frame's keys (none at all unless the outputs are complete, so that a frame to
+        be rerun inserts nothing), and the int64 status to read (``result(status=...)``);
+        None when nothing was launched (capturing failed).
+        """
+        if self._outputs is None:
+            return None
+        self._wait()
+        keys = self._outputs.observed_keys
+        count = self._outputs.status[STATUS_FIELDS.index('observed_keys')]
+        valid = (torch.arange(keys.numel(), device=keys.device) < count) & self._outputs.complete
+        return keys, valid, self._outputs.status
+
+    def result(self, status: Optional[List[int]] = None) -> LiftedFrame:
+        """Return the lifted frame, as ``lift_masks`` does.
+
+        ``status``: the values of ``observed()``'s status if the caller read them.
+        """
+        self._wait()
+        lifted, self.launched = self._lifter._finish(self._inputs, self._outputs, status)
+        return lifted

@@ -10,7 +10,7 @@ import contextlib
 from dataclasses import dataclass
 import os
 import pathlib
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -19,8 +19,8 @@ from onlineanyseg_ros.core.descriptors import make_descriptor
 from onlineanyseg_ros.core.export import export_instances, ExportedMap
 from onlineanyseg_ros.core.geometry import as_tensor, backproject, camera_center
 from onlineanyseg_ros.core.greedy_merger import GreedyOverlapMerger
-from onlineanyseg_ros.core.lifting import lift_masks
-from onlineanyseg_ros.core.lifting_graph import GraphLifter, supports
+from onlineanyseg_ros.core.lifting import lift_masks, LiftedFrame
+from onlineanyseg_ros.core.lifting_graph import GraphLifter, PendingLift, supports
 from onlineanyseg_ros.core.mask_graph import MaskGraph
 from onlineanyseg_ros.core.profiling import StageTimer
 from onlineanyseg_ros.core.surface_map import SurfaceMap
@@ -95,7 +95,8 @@ class OnlineSegmenter:
         A mask insertion counts towards the merge schedule even when every mask is rejected,
         as in the reference (merges happen every ``merge_every_n_keyframes`` insertions).
         On CUDA a keyframe's lifting is replayed on a stream of its own while the surface
-        map integrates the frame, and read only when the masks are inserted.
+        map integrates the frame, and read (one host sync) together with the voxel-hash
+        insert of its voxels when the masks are inserted.
         """
         config = self.config
         if masks is not None and masks.labels.shape != frame.depth.shape:
@@ -125,8 +126,10 @@ class OnlineSegmenter:
             return IntegrationResult(0, 0, False, {})
         with self.timer.scope('insert'):
             if pending is not None:
-                lifted = pending.result()
-            inserted = self._insert(lifted, masks)
+                lifted, observed_slots = self._read_lift(pending)
+            else:
+                observed_slots = self._hash.insert(lifted.observed_keys.to(self.device))
+            inserted = self._insert(lifted, observed_slots, masks)
         self.insertions += 1
         merged = False
         if self.insertions % config.merge_every_n_keyframes == 0:
@@ -150,10 +153,31 @@ class OnlineSegmenter:
         with torch.cuda.stream(self._lift_stream):
             yield
 
-    def _insert(self, lifted, masks: MaskObservation) -> int:
-        """Insert the accepted masks of one frame into the hash and graph; return how many."""
+    def _read_lift(self, pending: PendingLift) -> Tuple[LiftedFrame, torch.Tensor]:
+        """Read a launched lift and insert its observed keys: ``(frame, observed slots)``.
+
+        The hash inserts the padded keys and reads the lifting status in its own host
+        sync. A frame that has to be rerun (capacities, fallback) inserted none of them;
+        its rerun's keys are inserted then.
+        """
+        observed = pending.observed()
+        if observed is None:
+            lifted = pending.result()
+            return lifted, self._hash.insert(lifted.observed_keys)
+        keys, valid, status = observed
+        slots, status_values = self._hash.insert_reading(keys, valid, status)
+        lifted = pending.result(status_values)
+        if not pending.launched:
+            return lifted, self._hash.insert(lifted.observed_keys)
+        return lifted, slots[:lifted.observed_keys.numel()]
+
+    def _insert(self, lifted: LiftedFrame, observed_slots: torch.Tensor,
+                masks: MaskObservation) -> int:
+        """Insert the accepted masks of one frame into the graph; return how many.
+
+        ``observed_slots``: int64 slots of ``lifted.observed_keys``.
+        """
         observed_keys = lifted.observed_keys.to(self.device)
-        observed_slots = self._hash.insert(observed_keys)
         # Every mask key is an observed key (boundary removal only drops keys), and the
         # observed keys are sorted: their slots are found, not inserted.
         mask_slots = observed_slots[torch.searchsorted(observed_keys,

@@ -541,6 +541,27 @@ def test_padded_lifting_equals_lift_masks_and_grows_its_capacities(seed):
     assert lifter.stats['regrowths'] == regrowths
 
 
+def test_pending_lift_exposes_observed_keys_only_when_complete():
+    inputs = _tensors(*synthetic_frame(seed=1))
+    expected = lift_masks(*inputs, CONFIG)
+    # Too small: the launched outputs are incomplete, nothing of them counts as observed,
+    # and the result is rerun with grown capacities.
+    small = GraphLifter(CONFIG, torch.device('cpu'), SMALL)
+    pending = small.launch(*inputs)
+    _, valid, status = pending.observed()
+    assert not valid.any()
+    assert_same_frame(pending.result(status.tolist()), expected)
+    assert not pending.launched and small.stats['regrowths'] >= 1
+    # Large enough (the grown capacities): the observed keys are the frame's.
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), small.capacities)
+    pending = lifter.launch(*inputs)
+    keys, valid, status = pending.observed()
+    assert torch.equal(keys[valid], expected.observed_keys)
+    assert not valid[expected.observed_keys.numel():].any()
+    assert_same_frame(pending.result(status.tolist()), expected)
+    assert pending.launched and lifter.stats['regrowths'] == 0
+
+
 @pytest.mark.parametrize('changes', [
     {'outlier_neighbors': 0},
     {'min_voxels_after_boundary': 0, 'denoise_min_neighbors': 1},
