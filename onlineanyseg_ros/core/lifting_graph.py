@@ -648,7 +648,9 @@ class GraphLifter:
 
         Nothing here waits for the device, so a caller that launches on a side stream can
         queue other work while the replay runs (the inputs must then stay valid for that
-        stream: ``Tensor.record_stream``). Arguments as ``lift_masks``.
+        stream: ``Tensor.record_stream``). One frame at a time: the outputs live in the
+        graph's static buffers until ``result()`` has copied them. Arguments as
+        ``lift_masks``.
         """
         self.stats['calls'] += 1
         if self._released is not None:
