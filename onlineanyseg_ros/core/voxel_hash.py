@@ -243,7 +243,8 @@ class VoxelHash:
         rounds.
         """
         n = flat.numel()
-        slots = self._probe_lookup(flat)
+        home = _hash(flat, self.table_size - 1)
+        slots = self._window_lookup(flat, home)
         candidate = slots < 0 if valid is None else (slots < 0) & valid
         negative = (candidate & (flat < 0)).any()
         candidate &= flat >= 0
@@ -255,14 +256,17 @@ class VoxelHash:
             slots = torch.where(valid, slots, -1)
         # The new keys in slot order; ranks past their count hold _NO_KEY and stay unplaced.
         first_seen = new.first_seen
-        new_keys = torch.where(first_seen < n, flat[first_seen.clamp(max=n - 1)], _NO_KEY)
+        is_rank = first_seen < n
+        entry = first_seen.clamp(max=n - 1)
+        new_keys = torch.where(is_rank, flat[entry], _NO_KEY)
         first_slot = self._num_slots
         self._reserve_slots(first_slot + n)
         self._slot_keys[first_slot:first_slot + n] = new_keys
         bound = min(n, self._placement_bound)
+        # The lookup's home buckets serve the placement (padding ranks are settled).
         placement = self._claim(new_keys[:bound], torch.arange(
             first_slot, first_slot + bound, device=self.device),
-            settled=new_keys[:bound] == _NO_KEY)
+            settled=~is_rank[:bound], home=home[entry[:bound]])
         read = torch.stack((new.count, negative.to(torch.int64),
                             *placement.progress(self.table_size)))
         values = (torch.cat((read, extra)) if extra.numel() else read).tolist()
