@@ -116,11 +116,9 @@ class OnlineSegmenter:
                     lifted = lift_masks(points, valid, labels, config)
         with self.timer.scope('surface'):
             # The whole image with its mask: compacting the valid pixels would sync on CUDA.
-            pixels, pixel_valid = points.reshape(-1, 3), valid.reshape(-1)
-            slots = self._hash.insert(self._surface.voxel_keys(pixels), pixel_valid)
-            self._surface.integrate(pixels, color.reshape(-1, 3),
+            self._surface.integrate(points.reshape(-1, 3), color.reshape(-1, 3),
                                     camera_center(frame.T_world_camera, self.device),
-                                    pixel_valid, slots=slots)
+                                    valid.reshape(-1))
         self.frames_integrated += 1
         if masks is None:
             return IntegrationResult(0, 0, False, {})
@@ -163,13 +161,13 @@ class OnlineSegmenter:
         observed = pending.observed()
         if observed is None:
             lifted = pending.result()
-            return lifted, self._hash.insert(lifted.observed_keys)
-        keys, valid, status = observed
-        slots, status_values = self._hash.insert_reading(keys, valid, status)
-        lifted = pending.result(status_values)
-        if not pending.launched:
-            return lifted, self._hash.insert(lifted.observed_keys)
-        return lifted, slots[:lifted.observed_keys.numel()]
+        else:
+            keys, valid, status = observed
+            slots, status_values = self._hash.insert_reading(keys, valid, status)
+            lifted = pending.result(status_values)
+            if pending.launched:
+                return lifted, slots[:lifted.observed_keys.numel()]
+        return lifted, self._hash.insert(lifted.observed_keys)
 
     def _insert(self, lifted: LiftedFrame, observed_slots: torch.Tensor,
                 masks: MaskObservation) -> int:

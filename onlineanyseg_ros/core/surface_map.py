@@ -65,14 +65,9 @@ class SurfaceMap:
         self._arrays: Dict[str, torch.Tensor] = {}
         self._reserve(1024)
 
-    def voxel_keys(self, points_world: torch.Tensor) -> torch.Tensor:
-        """Int64 ``(N,)`` keys of the voxels of float ``(N, 3)`` points (m), in float64."""
-        return voxel_keys(points_world.to(device=self.device, dtype=torch.float64),
-                          self.config.voxel_size_m)
-
     def integrate(self, points_world: torch.Tensor, colors: torch.Tensor,
-                  camera_center: torch.Tensor, valid: Optional[torch.Tensor] = None,
-                  slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  camera_center: torch.Tensor, valid: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
         """Add one frame's valid pixels.
 
         Args:
@@ -83,9 +78,6 @@ class SurfaceMap:
             valid: bool ``(N,)`` rows to add, or None (all). Passing the whole image with
                 its mask instead of the valid rows avoids compacting them (a host sync on
                 CUDA); invalid rows may hold anything.
-            slots: int64 ``(N,)`` slots of the rows' ``voxel_keys`` (-1 where invalid) when
-                the caller inserted them into the shared hash itself (with other keys, in
-                one insert), or None to insert them here.
 
         Returns:
             int64 ``(N,)`` slot of each point's voxel, -1 for invalid rows.
@@ -102,10 +94,7 @@ class SurfaceMap:
         points = points_world.to(device=self.device, dtype=torch.float64)
         if valid is not None:
             valid = valid.to(self.device)
-        if slots is None:
-            slots = self.voxel_hash.insert(self.voxel_keys(points), valid)
-        elif tuple(slots.shape) != (points.shape[0],):
-            raise ValueError(f'slots must be ({points.shape[0]},), got {tuple(slots.shape)}')
+        slots = self.voxel_hash.insert(voxel_keys(points, self.config.voxel_size_m), valid)
         self._reserve(self.voxel_hash.num_slots)
         # Invalid rows accumulate into the spare row past the capacity, which nothing reads.
         rows = slots if valid is None else torch.where(valid, slots, self._capacity)

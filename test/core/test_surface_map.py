@@ -129,25 +129,6 @@ def test_a_valid_mask_equals_integrating_the_valid_rows(device):
         masked_map.integrate(points, colors, torch.zeros(3), valid[:10])
 
 
-def test_slots_inserted_by_the_caller_equal_slots_inserted_by_the_map():
-    rng = np.random.default_rng(6)
-    own_map, own_hash = _new_map('cpu', min_observations=1)
-    given_map, given_hash = _new_map('cpu', min_observations=1)
-    points, colors = _plane_frame(rng, np.array([0.3, 0.1, 1.0]), count=2000)
-    points = torch.tensor(points, dtype=torch.float32)
-    colors = torch.tensor(colors, dtype=torch.uint8)
-    extra = pack_keys(torch.tensor([[900, 900, 900], [901, 900, 900]]))
-    # The caller inserts the map's keys and its own in one call.
-    slots = given_hash.insert(torch.cat((given_map.voxel_keys(points), extra)))
-    given = given_map.integrate(points, colors, torch.zeros(3), slots=slots[:2000])
-    own = own_map.integrate(points, colors, torch.zeros(3))
-    assert torch.equal(given, own)
-    assert torch.equal(given_hash.keys[:own_hash.num_slots], own_hash.keys)
-    assert torch.equal(given_map.surface().points, own_map.surface().points)
-    with pytest.raises(ValueError, match='slots must be'):
-        given_map.integrate(points, colors, torch.zeros(3), slots=slots)
-
-
 def test_arrays_grow_with_slots_added_by_another_user():
     surface_map, voxel_hash = _new_map('cpu', min_observations=1)
     # The mask graph allocates slots the map has never seen.
