@@ -44,6 +44,13 @@ def expand_segments(starts: torch.Tensor, lengths: torch.Tensor,
     return owner, flat + (starts - ends + lengths)[owner]
 
 
+def run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
+    """Bool ``(n,)``: the first entry of each run of equal values in a sorted ``(n,)``."""
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return starts
+
+
 def segment_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Int64 ``(k,)`` sums of ``k`` consecutive segments of int64 or bool ``values`` ``(n,)``.
 

@@ -34,7 +34,8 @@ import warnings
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import _squared_norm, count_values, expand_segments
+from onlineanyseg_ros.core.graph_ops import (_squared_norm, count_values, expand_segments,
+                                             run_starts)
 from onlineanyseg_ros.core.lifting import (_forward_offsets, _window_candidates,
                                            DROP_REASONS, lattice_hits, lift_masks, LiftedFrame,
                                            window_squared)
@@ -137,6 +138,19 @@ def _pixel_lanes(device: torch.device) -> int:
     return _LANES if device.type == 'cuda' else 1
 
 
+def _lane_target(index: torch.Tensor, keep: torch.Tensor, size: int,
+                 lanes: int) -> torch.Tensor:
+    """``_target`` of entry ``i`` in copy ``i % lanes`` of its index: ``index * lanes + lane``.
+
+    The copies of index ``v`` are rows ``v * lanes .. v * lanes + lanes - 1`` of a
+    ``size * lanes`` table (scratch slots after it).
+    """
+    if lanes == 1:
+        return _target(index, keep, size)
+    lane = torch.arange(index.numel(), device=index.device) & (lanes - 1)
+    return _target(index * lanes + lane, keep, size * lanes)
+
+
 def _counts(index: torch.Tensor, keep: torch.Tensor, size: int,
             lanes: int = 1) -> torch.Tensor:
     """Int64 ``(size,)`` occurrences of each value of ``index[keep]``.
@@ -145,11 +159,9 @@ def _counts(index: torch.Tensor, keep: torch.Tensor, size: int,
     many entries of a few values (the pixels of a few masks) would otherwise serialize
     their atomics on a few addresses.
     """
+    spread = count_values(_lane_target(index, keep, size, lanes), size * lanes + _SCRATCH)
     if lanes == 1:
-        return count_values(_target(index, keep, size), size + _SCRATCH)[:size]
-    lane = torch.arange(index.numel(), device=index.device) & (lanes - 1)
-    spread = count_values(_target(index * lanes + lane, keep, size * lanes),
-                          size * lanes + _SCRATCH)
+        return spread[:size]
     return spread[:size * lanes].view(size, lanes).sum(1)
 
 
@@ -160,8 +172,7 @@ def _lane_reduce(index: torch.Tensor, keep: torch.Tensor, values: torch.Tensor, 
     Returns ``(size,) + values.shape[1:]``, ``initial`` where an index has no entry. Like
     ``_counts``, ``lanes`` > 1 reduces into that many copies per index, combined after.
     """
-    lane = torch.arange(index.numel(), device=index.device) & (lanes - 1)
-    target = _target(index * lanes + lane, keep, size * lanes)
+    target = _lane_target(index, keep, size, lanes)
     table = torch.full((size * lanes + _SCRATCH,) + values.shape[1:], initial,
                        dtype=values.dtype, device=values.device)
     if values.ndim > 1:
@@ -213,8 +224,7 @@ def _mask_counts(bounds: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
 
 def _runs(sorted_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Return bool ``first`` of each run of equal sorted values and each entry's run id."""
-    first = torch.ones_like(sorted_values, dtype=torch.bool)
-    first[1:] = sorted_values[1:] != sorted_values[:-1]
+    first = run_starts(sorted_values)
     return first, torch.cumsum(first, 0) - 1
 
 

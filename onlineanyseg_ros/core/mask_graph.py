@@ -40,7 +40,8 @@ import torch
 from onlineanyseg_ros.core import merging
 from onlineanyseg_ros.core.config import SegmenterConfig
 from onlineanyseg_ros.core.graph_ops import (connected_components, count_values,
-                                             expand_segments, segment_sums, sorted_counts)
+                                             expand_segments, run_starts, segment_sums,
+                                             sorted_counts)
 
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
@@ -83,13 +84,6 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack bool/uint8 ``(n, W * 63)`` bits into int64 ``(n, W)`` words."""
     shifts = torch.arange(BITS_PER_WORD, device=bits.device)
     return (bits.view(bits.shape[0], -1, BITS_PER_WORD).to(torch.int64) << shifts).sum(-1)
-
-
-def _run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
-    """Bool ``(n,)``: the first entry of each run of equal values in a sorted ``(n,)``."""
-    starts = torch.ones_like(sorted_values, dtype=torch.bool)
-    starts[1:] = sorted_values[1:] != sorted_values[:-1]
-    return starts
 
 
 class _FramePairs(NamedTuple):
@@ -508,7 +502,7 @@ class MaskGraph:
         mask_of_entry = torch.searchsorted(mask_offsets[1:], torch.arange(
             mask_slots.numel(), device=self.device), right=True)
         keys = torch.sort((mask_of_entry << _KEY_SHIFT) | mask_slots).values
-        first = _run_starts(keys)
+        first = run_starts(keys)
         slots = keys & _SLOT_MASK
         if not join:
             num_pairs = int(first.sum())

@@ -99,10 +99,9 @@ class VoxelHash:
     up, the new keys are numbered and placed for ``_ROUNDS_PER_CHECK`` rounds, and a single
     read returns their count with the placement progress (more reads only when keys still
     wait after those rounds, a call brings more new keys than the placement bound, or the
-    table grows). Otherwise (the CPU default, where a sync
-    costs nothing) finished work is compacted away: runs of equal keys collapse first,
-    lookups skip the window scan for keys settled by their home bucket, and insertion
-    checks after every round.
+    table grows). Otherwise (the CPU default, where a sync costs nothing) finished work is
+    compacted away: runs of equal keys collapse first, lookups skip the window scan for
+    keys settled by their home bucket, and insertion checks after every round.
     """
 
     def __init__(self, device: Union[str, torch.device] = 'cpu',
