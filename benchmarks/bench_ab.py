@@ -16,11 +16,16 @@ every keyframe, and reports both sides' medians from the same minutes of the sam
   ``bench_segmenter.py``), descriptor 'none'. ``--timing sync`` (default) synchronizes
   the device around every stage on both sides; ``--timing events`` times stages by CUDA
   events, which leaves work that overlaps stages (streams) overlapping, so that the
-  whole keyframe calls compare the code as it runs in the node.
+  whole keyframe calls compare the code as it runs in the node;
+- ``lifting``: ``lifting_graph.GraphLifter`` per keyframe (``bench_lifting.py``'s frames,
+  ``--target-masks`` as there), ``--passes`` timed passes over the keyframes after one
+  untimed pass (capacity growth and capture), and how many calls gave equal outputs.
 
     PYTHONPATH=. python benchmarks/bench_ab.py scale --baseline-rev cd7f808 --device cuda
     PYTHONPATH=. python benchmarks/bench_ab.py segmenter --scene /tmp/s --masks /tmp/m \\
         --baseline-rev cd7f808 --device cuda
+    PYTHONPATH=. python benchmarks/bench_ab.py lifting --scene /tmp/s --masks /tmp/m \
+        --baseline-rev 476dfc2 --device cuda --target-masks 50
 """
 
 import argparse
@@ -154,10 +159,51 @@ def run_segmenter(args, baseline) -> None:
                                        for name, segmenter in segmenters.items()))
 
 
+def run_lifting(args, baseline) -> None:
+    """Interleave both ``GraphLifter``s keyframe by keyframe; print medians and equality."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    import bench_lifting
+    from onlineanyseg_ros.core.config import SegmenterConfig
+    from onlineanyseg_ros.core.lifting_graph import GraphLifter
+    device = torch.device(args.device)
+    keyframes = bench_lifting.load_keyframes(args.scene, args.masks, 1, args.frames or 10**9,
+                                             device)
+    if args.target_masks:
+        keyframes = [(stem, points, valid, bench_lifting.oversegment(labels, args.target_masks,
+                                                                     400))
+                     for stem, points, valid, labels in keyframes]
+    lifters = {'current': GraphLifter(SegmenterConfig(), device),
+               'baseline': baseline('core.lifting_graph').GraphLifter(
+                   baseline('core.config').SegmenterConfig(), device)}
+    samples = {name: [] for name in lifters}
+    equal = frames = 0
+    # The first pass grows the capacities and captures the graphs: not timed.
+    for repeat in tqdm(range(args.passes + 1), desc='passes', unit='pass'):
+        for index, (_, points, valid, labels) in enumerate(keyframes):
+            lifted = {}
+            for name in _orders(index):
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                lifted[name] = lifters[name](points, valid, labels)
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                if repeat:
+                    samples[name].append((time.perf_counter() - start) * 1e3)
+            frames += 1
+            equal += all(torch.equal(getattr(lifted['current'], field),
+                                     getattr(lifted['baseline'], field))
+                         for field in ('labels', 'observed_keys', 'mask_keys', 'mask_offsets'))
+    for name, lifter in lifters.items():
+        print(f'{name:<9} p50 {np.median(samples[name]):7.2f} ms  p95 '
+              f'{np.percentile(samples[name], 95):7.2f} ms  {lifter.stats}  {lifter.capacities}')
+    print(f'equal outputs: {equal} / {frames} keyframe calls')
+
+
 def main(argv=None) -> int:
     """Run the chosen comparison; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('mode', choices=('scale', 'segmenter'))
+    parser.add_argument('mode', choices=('scale', 'segmenter', 'lifting'))
     baseline = parser.add_mutually_exclusive_group(required=True)
     baseline.add_argument('--baseline-rev', help='git revision to compare with')
     baseline.add_argument('--baseline-src', help="directory holding the baseline's "
@@ -167,14 +213,19 @@ def main(argv=None) -> int:
     parser.add_argument('--scene', help='segmenter: ScanNet-format sequence directory')
     parser.add_argument('--masks', help='segmenter: precomputed mask directory')
     parser.add_argument('--frames', type=int, default=300, help='segmenter: frames (0 = all)')
+    parser.add_argument('--target-masks', type=int, default=0,
+                        help='lifting: split every label image into about N masks')
+    parser.add_argument('--passes', type=int, default=3,
+                        help='lifting: timed passes over the keyframes (after one untimed)')
     parser.add_argument('--timing', choices=('sync', 'events'), default='sync',
                         help='segmenter: how stages are timed (see above)')
     args = parser.parse_args(argv)
-    if args.mode == 'segmenter' and not (args.scene and args.masks):
-        parser.error('segmenter needs --scene and --masks')
+    if args.mode in ('segmenter', 'lifting') and not (args.scene and args.masks):
+        parser.error(f'{args.mode} needs --scene and --masks')
     with tempfile.TemporaryDirectory() as workdir:
         baseline = import_baseline(args.baseline_rev, args.baseline_src, workdir)
-        (run_scale if args.mode == 'scale' else run_segmenter)(args, baseline)
+        {'scale': run_scale, 'segmenter': run_segmenter,
+         'lifting': run_lifting}[args.mode](args, baseline)
     return 0
 
 
