@@ -23,10 +23,11 @@ Results are equal to ``lift_masks`` (up to the float summation order of the kNN 
 a status vector says whether a capacity was too small or a packed code out of range.
 ``GraphLifter`` captures ``lift_padded`` in a CUDA graph per capacity set, replays it per
 keyframe with one host sync (the status and output sizes), grows the capacities and
-recaptures when a frame needs more, and falls back to ``lift_masks`` when the packed codes
-cannot represent a frame.
+recaptures when a frame needs more, shrinks them when a window of frames needed far less,
+and falls back to ``lift_masks`` when the packed codes cannot represent a frame.
 """
 
+import collections
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 import warnings
@@ -63,6 +64,11 @@ _SLAB_CELLS = 6
 # instead of 8, 6 of 30 frames did not converge and would have fallen back to lift_masks.
 COMPONENT_ROUNDS = 8
 _JUMPS = 2
+
+# By default, capacities shrink to what the last SHRINK_WINDOW frames needed (with the
+# growth headroom) where they hold more than twice that: one unusual frame (the first of a
+# sequence often needs far more exact kNN pairs) would otherwise pad every later frame.
+SHRINK_WINDOW = 64
 
 STATUS_FIELDS = ('accepted', 'mask_keys', 'observed_keys', *DROP_REASONS, 'cells', 'edges',
                  'pending', 'pairs', 'far', 'far_pairs', 'hits', 'label_out_of_range',
@@ -213,13 +219,20 @@ def _mask_bounds(sorted_codes: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_counts(bounds: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of codes with ``_mask_bounds``.
+    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of codes with ``_mask_bounds``."""
+    return _mask_sums(bounds, flags.to(torch.int64))
 
-    Prefix sums at the bounds, without atomics.
+
+def _mask_sums(bounds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``(LABEL_CAPACITY,)`` sums of ``values`` per mask of codes with ``_mask_bounds``.
+
+    Prefix sums at the bounds, without atomics (which would serialize on the few masks of
+    a frame). Float sums differ from sums in entry order by the prefix's rounding (about
+    1e-16 of the frame's total).
     """
-    prefix = torch.cat((flags.new_zeros(1, dtype=torch.int64), torch.cumsum(flags, 0)))
-    counts = prefix.index_select(0, bounds)
-    return counts[1:] - counts[:-1]
+    prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
+    sums = prefix.index_select(0, bounds)
+    return sums[1:] - sums[:-1]
 
 
 def _runs(sorted_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -249,13 +262,19 @@ def _components(num_nodes: int, i: torch.Tensor, j: torch.Tensor
     root, both ends of every edge on one label), where they equal the smallest node index
     of each component.
     """
-    labels = torch.arange(num_nodes, dtype=torch.int64, device=i.device)
+    # Scratch slots past the nodes take the hooks of edges already joined: once a component
+    # has converged, every one of its edges would otherwise hit its root's address.
+    labels = torch.arange(num_nodes + _SCRATCH, dtype=torch.int64, device=i.device)
     for _ in range(COMPONENT_ROUNDS):
         label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
-        labels = labels.scatter_reduce(0, torch.maximum(label_i, label_j),
-                                       torch.minimum(label_i, label_j), reduce='amin')
+        high = torch.maximum(label_i, label_j)
+        low = torch.minimum(label_i, label_j)
+        labels = labels.scatter_reduce(0, _target(high, high != low, num_nodes), low,
+                                       reduce='amin')
         for _ in range(_JUMPS):
             labels = labels.index_select(0, labels)
+    # Labels of nodes only ever point at nodes (they decrease from their own index).
+    labels = labels[:num_nodes]
     roots = labels.index_select(0, labels) == labels
     joined = labels.index_select(0, i) == labels.index_select(0, j)
     return labels, roots.all() & joined.all()
@@ -265,24 +284,34 @@ def _segment_mode(segment: torch.Tensor, value: torch.Tensor, live: torch.Tensor
                   num_segments: int, num_values: int) -> torch.Tensor:
     """``graph_ops.segment_mode`` of the ``live`` entries, by sorting instead of ``unique``.
 
+    After one sort by (segment, value), run lengths come from scans of the run starts and
+    ends, and each segment's best run from a running maximum of (segment, length, -value)
+    codes read at the segment's last entry: no atomics, which would serialize on the
+    runs and segments of a few large masks.
+
     Returns int64 ``(num_segments,)`` modes (ties: the smallest value; ``num_values`` for a
     segment without live entries).
     """
     codes = torch.where(live, segment * num_values + value, _SENTINEL)
     sorted_codes, _ = torch.sort(codes)
-    _, run = _runs(sorted_codes)
-    sorted_live = sorted_codes != _SENTINEL
-    run_length = _counts(run, sorted_live, codes.numel()).index_select(0, run)
-    code_segment = torch.div(sorted_codes, num_values, rounding_mode='floor')
-    best = torch.zeros(num_segments + _SCRATCH, dtype=torch.int64, device=codes.device)
-    best.scatter_reduce_(0, _target(code_segment, sorted_live, num_segments), run_length,
-                         reduce='amax')
-    is_best = sorted_live & (run_length == best.index_select(
-        0, torch.where(sorted_live, code_segment, 0)))
-    mode = torch.full((num_segments + _SCRATCH,), num_values, dtype=torch.int64,
-                      device=codes.device)
-    return mode.scatter_reduce_(0, _target(code_segment, is_best, num_segments),
-                                sorted_codes % num_values, reduce='amin')[:num_segments]
+    size = codes.numel()
+    position = torch.arange(size, device=codes.device)
+    first = run_starts(sorted_codes)
+    last = torch.cat((first[1:], first.new_ones(1)))
+    run_start = torch.cummax(torch.where(first, position, 0), 0).values
+    run_end = torch.cummin(torch.where(last, position, size).flip(0), 0).values.flip(0)
+    # Scores order (run length, -value); codes of later segments are larger.
+    score = (run_end - run_start + 1) * num_values + (num_values - 1 - sorted_codes % num_values)
+    per_segment = (size + 1) * num_values
+    # Padding (sorted last) counts as one more segment, so that no code overflows.
+    code_segment = torch.where(sorted_codes == _SENTINEL, num_segments,
+                               torch.div(sorted_codes, num_values, rounding_mode='floor'))
+    best = torch.cummax(code_segment * per_segment + score, 0).values
+    bounds = torch.searchsorted(sorted_codes, torch.arange(num_segments + 1, device=codes.device)
+                                * num_values)
+    segment_best = best.index_select(0, (bounds[1:] - 1).clamp(min=0)) % per_segment
+    mode = num_values - 1 - segment_best % num_values
+    return torch.where(bounds[1:] > bounds[:-1], mode, num_values)
 
 
 def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
@@ -323,9 +352,11 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
 
     # (b) voxel downsample: cells of each mask's own grid, anchored at its minimum.
     pixel_alive = pixel_valid & alive.index_select(0, mask_of_pixel)
+    # The minimum is one of the values: taken in the input precision (float32 atomics
+    # contend half as long), exact in float64.
+    lower = _lane_reduce(mask_of_pixel, pixel_alive, points_world.reshape(-1, 3),
+                         LABEL_CAPACITY, lanes, 'amin', math.inf).to(torch.float64)
     points = points_world.reshape(-1, 3).to(torch.float64)
-    lower = _lane_reduce(mask_of_pixel, pixel_alive, points, LABEL_CAPACITY, lanes, 'amin',
-                         math.inf)
     anchor = lower - 0.5 * voxel_size
     local = torch.floor((points - anchor.index_select(0, mask_of_pixel)) / voxel_size)
     limit = _AXIS_MASK - 2 * _WINDOW_SHIFT
@@ -405,10 +436,9 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
             capacities)
         positive = keep & (mean_distance > 0)
         per_mask = kept_per_mask.to(torch.float64)
-        cloud_mean = _sums(cell_mask, positive, mean_distance, LABEL_CAPACITY) / per_mask
-        squares = _sums(cell_mask, positive,
-                        (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2,
-                        LABEL_CAPACITY)
+        cloud_mean = _mask_sums(cell_bounds, torch.where(positive, mean_distance, 0.0)) / per_mask
+        squares = _mask_sums(cell_bounds, torch.where(
+            positive, (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2, 0.0))
         threshold = cloud_mean + config.outlier_std_ratio * torch.sqrt(squares / (per_mask - 1))
         inlier = positive & (mean_distance < threshold.index_select(0, cell_mask))
     else:
@@ -574,8 +604,11 @@ def _smallest_in_ranges(cells: torch.Tensor, keep: torch.Tensor, rows: torch.Ten
     Query ``r`` owns the ``ranges_per_query`` cell row ranges ``[starts[i], starts[i] +
     lengths[i])`` for ``i`` from ``r * ranges_per_query`` on.
     The (query, cell) pairs are enumerated into ``capacity`` entries (pairs past it are
-    lost: the caller compares ``lengths.sum()``); pairs are ranked by sorting by distance,
-    then stably by query, so each query's pairs stay at their offset in the enumeration.
+    lost: the caller compares ``lengths.sum()``), query by query, and ranked by one sort of
+    a packed key: the query in the high bits, the leading bits of the distance's float64
+    pattern below (ordered like the distance for non-negative values). Each query's pairs
+    keep their offset in the enumeration, nearest first. Distances closer than 2^-32
+    relative may swap ranks; the chosen sum then differs by as little.
 
     Returns float64 sums of the chosen distances, int64 counts of finite distances and the
     float64 largest chosen distance (0 when none), all ``(Q,)``.
@@ -595,23 +628,28 @@ def _smallest_in_ranges(cells: torch.Tensor, keep: torch.Tensor, rows: torch.Ten
     distance = _squared_norm(difference).sqrt_()
     usable = real_pair & keep.index_select(0, position)
     distance = torch.where(usable, distance, math.inf)
-    by_distance = torch.argsort(distance)
-    ranked = by_distance.index_select(0, torch.argsort(owner.index_select(0, by_distance),
-                                                       stable=True))
-    ranked_owner = owner.index_select(0, ranked)
-    owner_lengths = lengths.reshape(num_queries, ranges_per_query).sum(1)
-    owner_start = torch.cumsum(owner_lengths, 0) - owner_lengths
-    rank = (torch.arange(capacity, device=device)
-            - torch.cat((owner_start, owner_start.new_zeros(1))).index_select(0, ranked_owner))
-    owner_need = torch.cat((need, need.new_zeros(1)))
+    # Owners run from 0 to num_queries (the unused entries): owner_bits bits of the key.
+    owner_bits = num_queries.bit_length()
+    key = (owner << (63 - owner_bits)) | (distance.view(torch.int64) >> owner_bits)
+    _, ranked = torch.sort(key)
     ranked_distance = distance.index_select(0, ranked)
-    chosen = (rank < owner_need.index_select(0, ranked_owner)) & torch.isfinite(ranked_distance)
-    sums = _sums(ranked_owner, chosen, ranked_distance, num_queries)
-    found = _counts(owner, usable, num_queries)
-    kth = torch.zeros(num_queries + _SCRATCH, dtype=torch.float64, device=device)
-    kth.scatter_reduce_(0, _target(ranked_owner, chosen, num_queries), ranked_distance,
-                        reduce='amax')
-    return sums, found, kth[:num_queries]
+    owner_lengths = lengths.reshape(num_queries, ranges_per_query).sum(1)
+    # Clamped: pairs past the capacity are lost (the frame is rerun with more).
+    owner_end = torch.cumsum(owner_lengths, 0).clamp_(max=capacity)
+    owner_start = (owner_end - owner_lengths).clamp_(min=0)
+    # Inf sorts last: a query's finite distances lead its entries.
+    finite = torch.isfinite(ranked_distance)
+    finite_before = torch.nn.functional.pad(torch.cumsum(finite, 0), (1, 0))
+    found = finite_before.index_select(0, owner_end) - finite_before.index_select(0, owner_start)
+    take = torch.minimum(need, found)
+    # The sort keeps every query's entries where the enumeration put them.
+    rank = (torch.arange(capacity, device=device)
+            - torch.cat((owner_start, owner_start.new_zeros(1))).index_select(0, owner))
+    chosen = rank < torch.cat((take, take.new_zeros(1))).index_select(0, owner)
+    sums = _sums(owner, chosen, ranked_distance, num_queries)
+    last = (owner_start + take - 1).clamp(0, capacity - 1)
+    kth = torch.where(take > 0, ranked_distance.index_select(0, last), 0.0)
+    return sums, found, kth
 
 
 class GraphLifter:
@@ -621,20 +659,23 @@ class GraphLifter:
     (the one host sync), copy the outputs out; ``launch`` queues the replay and its
     ``PendingLift.result()`` reads it later, so that other work can overlap the replay. A
     frame that needs larger capacities grows them (25-40 % headroom), recaptures and
-    replays again; a frame the packed codes cannot represent, or whose components did not
-    converge, runs ``lift_masks``.
+    replays again; after ``shrink_window`` frames without a capacity change, a capacity
+    over twice what those frames needed (with the same headroom) shrinks to that, and the
+    next frame recaptures. A frame the packed codes cannot represent, or whose components
+    did not converge, runs ``lift_masks``.
     Without CUDA (or with ``use_graph=False``) ``lift_padded`` runs eagerly, which tests the
     same code paths on the CPU. If a capture fails (a driver or an operator that graphs do
     not support), the lifter warns once and runs ``lift_masks`` from then on.
 
     Attributes:
-        stats: calls, replays, captures, regrowths and fallbacks (frames lifted by
-            ``lift_masks``) so far.
+        stats: calls, replays, captures, regrowths, shrinks and fallbacks (frames lifted
+            by ``lift_masks``) so far.
         disabled_reason: why capturing failed, None while it works.
     """
 
     def __init__(self, config: SegmenterConfig, device: torch.device,
-                 capacities: Capacities = Capacities(), use_graph: Optional[bool] = None):
+                 capacities: Capacities = Capacities(), use_graph: Optional[bool] = None,
+                 shrink_window: int = SHRINK_WINDOW):
         if not supports(config):
             raise ValueError('GraphLifter needs query_radius_m < 2 * voxel_size_m')
         self.config = config
@@ -642,13 +683,15 @@ class GraphLifter:
         self.capacities = capacities
         self.use_graph = self.device.type == 'cuda' if use_graph is None else use_graph
         self.stats: Dict[str, int] = {'calls': 0, 'replays': 0, 'captures': 0,
-                                      'regrowths': 0, 'fallbacks': 0}
+                                      'regrowths': 0, 'shrinks': 0, 'fallbacks': 0}
         self.disabled_reason: Optional[str] = None
         self._graph = None
         self._inputs: Optional[Tuple[torch.Tensor, ...]] = None
         self._outputs: Optional[PaddedLift] = None
         # Recorded once the last result was copied out of the static output buffers.
         self._released: Optional[torch.cuda.Event] = None
+        # Sizes needed by the frames since the capacities last changed (at most a window).
+        self._recent_needs: collections.deque = collections.deque(maxlen=shrink_window)
 
     def __call__(self, points_world: torch.Tensor, valid: torch.Tensor,
                  labels: torch.Tensor) -> LiftedFrame:
@@ -698,9 +741,8 @@ class GraphLifter:
             grown = self._grown(status)
             if grown == self.capacities:
                 break
-            self.capacities = grown
+            self._set_capacities(grown)
             self.stats['regrowths'] += 1
-            self._graph = None
             outputs, status_values, launched = self._run(*inputs), None, False
         accepted, mask_keys, observed = (status['accepted'], status['mask_keys'],
                                          status['observed_keys'])
@@ -712,18 +754,31 @@ class GraphLifter:
         if self.device.type == 'cuda':
             self._released = torch.cuda.Event()
             self._released.record(torch.cuda.current_stream(self.device))
+        self._recent_needs.append(tuple(status[name] for name in Capacities._fields))
+        self._shrink_if_oversized()
         return lifted, launched
 
     def _grown(self, status: Dict[str, int]) -> Capacities:
         """Capacities that hold the frame of ``status`` with 25-40 % headroom."""
-        def fit(capacity: int, needed: int) -> int:
-            if needed <= capacity:
-                return capacity
-            # Eight steps per power of two: padding costs time in every later frame.
-            step = 1 << max(0, math.ceil(math.log2(needed * 1.25)) - 3)
-            return step * math.ceil(needed * 1.25 / step)
-        return Capacities(*(fit(getattr(self.capacities, name), status[name])
-                            for name in Capacities._fields))
+        return Capacities(*(capacity if status[name] <= capacity else _fitted(status[name])
+                            for name, capacity in zip(Capacities._fields, self.capacities)))
+
+    def _shrink_if_oversized(self) -> None:
+        """Shrink the capacities over twice what a full window of frames needed."""
+        if len(self._recent_needs) < self._recent_needs.maxlen:
+            return
+        wanted = [_fitted(max(needs)) for needs in zip(*self._recent_needs)]
+        shrunk = Capacities(*(fitted if capacity > 2 * fitted else capacity
+                              for capacity, fitted in zip(self.capacities, wanted)))
+        if shrunk != self.capacities:
+            self._set_capacities(shrunk)
+            self.stats['shrinks'] += 1
+
+    def _set_capacities(self, capacities: Capacities) -> None:
+        """Use ``capacities`` from the next run on (a new capture); restart the window."""
+        self.capacities = capacities
+        self._graph = None
+        self._recent_needs.clear()
 
     def _run(self, points_world: torch.Tensor, valid: torch.Tensor,
              labels: torch.Tensor) -> Optional[PaddedLift]:
@@ -768,6 +823,16 @@ class GraphLifter:
             self._outputs = lift_padded(*self._inputs, self.config, self.capacities)
         self._graph = graph
         self.stats['captures'] += 1
+
+
+def _fitted(needed: int) -> int:
+    """Return a capacity for ``needed`` rows with 25-40 % headroom (at least one row).
+
+    Eight steps per power of two: padding costs time in every frame.
+    """
+    wanted = max(1.0, needed * 1.25)
+    step = 1 << max(0, math.floor(math.log2(wanted)) - 3)
+    return step * math.ceil(wanted / step)
 
 
 class PendingLift:

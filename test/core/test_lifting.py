@@ -541,6 +541,50 @@ def test_padded_lifting_equals_lift_masks_and_grows_its_capacities(seed):
     assert lifter.stats['regrowths'] == regrowths
 
 
+def test_padded_segment_mode_matches_counter_with_ties_and_dead_entries():
+    rng = np.random.default_rng(5)
+    segment = rng.integers(0, 40, 5000)
+    value = rng.integers(0, 7, 5000)
+    live = rng.random(5000) < 0.8
+    live[segment == 3] = False  # segment 3 has entries, none of them live
+    segment[segment == 9] = 10  # segment 9 has none
+    mode = lifting_graph._segment_mode(torch.tensor(segment), torch.tensor(value),
+                                       torch.tensor(live), 40, 7)
+    for index in range(40):
+        counter = Counter(value[(segment == index) & live].tolist())
+        if not counter:
+            assert mode[index].item() == 7
+            continue
+        best = max(counter.values())
+        assert mode[index].item() == min(v for v, c in counter.items() if c == best)
+
+
+def test_capacities_shrink_after_a_window_of_smaller_frames():
+    inputs = _tensors(*synthetic_frame(seed=0))
+    expected = lift_masks(*inputs, CONFIG)
+    roomy = ROOMY._replace(far_pairs=1 << 20)
+    needs = dict(zip(STATUS_FIELDS, lift_padded(*inputs, CONFIG, roomy).status.tolist()))
+    lifter = GraphLifter(CONFIG, torch.device('cpu'), roomy, shrink_window=3)
+    for _ in range(2):
+        assert_same_frame(lifter(*inputs), expected)
+    assert lifter.capacities == roomy and lifter.stats['shrinks'] == 0
+    # The window is full: every capacity over twice the frame's needs (with headroom)
+    # shrinks to them; the others stay.
+    assert_same_frame(lifter(*inputs), expected)
+    assert lifter.stats['shrinks'] == 1
+    for name, given, shrunk in zip(Capacities._fields, roomy, lifter.capacities):
+        needed = max(needs[name], 1)
+        if given > 2 * 1.4 * needed:
+            assert needed * 1.25 <= shrunk <= needed * 1.4, name
+        else:
+            assert shrunk == given, name
+    assert lifter.capacities.pairs < roomy.pairs and lifter.capacities.cells < roomy.cells
+    # The shrunk capacities hold the frame: no regrowth, no second shrink, same result.
+    for _ in range(4):
+        assert_same_frame(lifter(*inputs), expected)
+    assert lifter.stats['regrowths'] == 0 and lifter.stats['shrinks'] == 1
+
+
 def test_pending_lift_exposes_observed_keys_only_when_complete():
     inputs = _tensors(*synthetic_frame(seed=1))
     expected = lift_masks(*inputs, CONFIG)
