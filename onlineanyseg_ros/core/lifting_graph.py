@@ -265,11 +265,12 @@ def _components(num_nodes: int, i: torch.Tensor, j: torch.Tensor
     # Scratch slots past the nodes take the hooks of edges already joined: once a component
     # has converged, every one of its edges would otherwise hit its root's address.
     labels = torch.arange(num_nodes + _SCRATCH, dtype=torch.int64, device=i.device)
+    scratch = num_nodes + (torch.arange(i.numel(), device=i.device) & (_SCRATCH - 1))
     for _ in range(COMPONENT_ROUNDS):
         label_i, label_j = labels.index_select(0, i), labels.index_select(0, j)
         high = torch.maximum(label_i, label_j)
         low = torch.minimum(label_i, label_j)
-        labels = labels.scatter_reduce(0, _target(high, high != low, num_nodes), low,
+        labels = labels.scatter_reduce(0, torch.where(high != low, high, scratch), low,
                                        reduce='amin')
         for _ in range(_JUMPS):
             labels = labels.index_select(0, labels)
@@ -344,10 +345,12 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     mask_of_pixel = flat_labels.clamp(0, LABEL_CAPACITY - 1)
     labelled = mask_of_pixel > 0
     lanes = _pixel_lanes(device)
-    present = _counts(mask_of_pixel, labelled, LABEL_CAPACITY, lanes) > 0
     pixel_valid = valid.reshape(-1) & labelled
-    alive = (_counts(mask_of_pixel, pixel_valid, LABEL_CAPACITY, lanes)
-             >= config.min_mask_pixels)
+    # Pixels per (mask, valid depth) in one pass.
+    pixels = _counts(2 * mask_of_pixel + pixel_valid, labelled, 2 * LABEL_CAPACITY,
+                     lanes).view(LABEL_CAPACITY, 2)
+    present = pixels.sum(1) > 0
+    alive = pixels[:, 1] >= config.min_mask_pixels
     alive_after = [present, alive]
 
     # (b) voxel downsample: cells of each mask's own grid, anchored at its minimum.
