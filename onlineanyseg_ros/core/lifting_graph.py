@@ -85,7 +85,8 @@ class Capacities(NamedTuple):
     ``cells`` of the frame; ``edges``: pairs of cells within eps; ``pending``: cells whose
     window holds too few cells for the kNN, and ``pairs`` of them with their column;
     ``far``: cells whose column is not enough either, and ``far_pairs`` with their mask;
-    ``hits``: (cell, lattice point) pairs of the voxel association.
+    ``hits``: (cell, lattice point) pairs of the voxel association; ``observed_keys``:
+    the frame's distinct voxel keys (the buffer the voxel hash inserts, padding included).
     """
 
     cells: int = 1 << 16
@@ -95,6 +96,7 @@ class Capacities(NamedTuple):
     far: int = 1 << 6
     far_pairs: int = 1 << 14
     hits: int = 1 << 19
+    observed_keys: int = 1 << 17
 
 
 class PaddedLift(NamedTuple):
@@ -104,7 +106,8 @@ class PaddedLift(NamedTuple):
         labels: int64 ``(LABEL_CAPACITY,)``: accepted label ids ascending, then padding.
         mask_offsets: int64 ``(LABEL_CAPACITY + 1,)``: offsets of the accepted masks.
         mask_keys: int64 ``(V,)``: post-boundary keys, mask by mask, then padding.
-        observed_keys: int64 ``(V,)``: sorted unique pre-boundary keys, then padding.
+        observed_keys: int64 ``(capacities.observed_keys,)``: sorted unique pre-boundary
+            keys, then padding.
         status: int64 ``(len(STATUS_FIELDS),)``, in ``STATUS_FIELDS`` order.
         complete: bool scalar: every capacity sufficed and no flag of a wrong result is
             set, i.e. the outputs are ``lift_masks``'s (known on the device, before the
@@ -500,7 +503,7 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
     observed = key_first & key_live
     capacity = pair_code.numel()
     mask_keys = _compact(accepted_pair, pair_key, capacity, 0)
-    observed_keys = _compact(observed, key_sorted, capacity, 0)
+    observed_keys = _compact(observed, key_sorted, capacities.observed_keys, 0)
     label_ids = torch.arange(LABEL_CAPACITY, device=device)
     accepted_labels = _compact(alive, label_ids, LABEL_CAPACITY, 0)
     accepted_sizes = _compact(alive, sizes, LABEL_CAPACITY, 0)

@@ -503,9 +503,9 @@ def test_denoise_agrees_with_exact_knn_on_surfaces():
 # ---------------------------------------------------------------- fixed-size lifting (CUDA graphs)
 
 SMALL = Capacities(cells=512, edges=256, pending=16, pairs=1024, far=2, far_pairs=64,
-                   hits=512)
+                   hits=512, observed_keys=256)
 ROOMY = Capacities(cells=1 << 13, edges=1 << 16, pending=1 << 10, pairs=1 << 20, far=1 << 10,
-                   far_pairs=1 << 18, hits=1 << 16)
+                   far_pairs=1 << 18, hits=1 << 16, observed_keys=1 << 16)
 
 
 def _tensors(points, valid, labels, device='cpu'):

@@ -120,7 +120,8 @@ def test_launched_lifting_builds_the_same_map_as_eager_lifting(room):
     # The CUDA path's lifter (launch, then read with the hash insert), run eagerly here;
     # small capacities make the first keyframes rerun.
     launched._lifter = GraphLifter(config, torch.device('cpu'), Capacities(
-        cells=1024, edges=2048, pending=64, pairs=4096, far=4, far_pairs=256, hits=2048))
+        cells=1024, edges=2048, pending=64, pairs=4096, far=4, far_pairs=256, hits=2048,
+        observed_keys=512))
     for frame, mask in zip(frames[:12], masks[:12]):
         assert eager.integrate(frame, mask) == launched.integrate(frame, mask)
     assert launched.lifting_stats['regrowths'] >= 1
