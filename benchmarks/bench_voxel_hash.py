@@ -12,17 +12,21 @@ and on CUDA the host syncs per call (``torch.cuda.set_sync_debug_mode``):
 
     python benchmarks/bench_voxel_hash.py --device cuda --frames 2000
     python benchmarks/bench_voxel_hash.py --device cuda --frames 2000 --sync-free 0
+    python benchmarks/bench_voxel_hash.py --device cuda --frames 2000 --graphs 0
+
+(``--graphs 0``: sync-free inserts launched op by op instead of replayed from CUDA graphs.)
 """
 
 import argparse
 import contextlib
 import json
 import statistics
+import time
 
 import torch
 from tqdm import tqdm
 
-from onlineanyseg_ros.core.profiling import HostSyncCounter, latency_summary, StageTimer
+from onlineanyseg_ros.core.profiling import HostSyncCounter, latency_summary
 from onlineanyseg_ros.core.voxel_hash import voxel_keys, VoxelHash
 
 VOXEL_SIZE_M = 0.025
@@ -54,15 +58,31 @@ def main() -> None:
                         help='frames at the start and the end compared')
     parser.add_argument('--sync-free', type=int, choices=(0, 1), default=None,
                         help='force the probing mode (default: sync-free on CUDA only)')
+    parser.add_argument('--graphs', type=int, choices=(0, 1), default=None,
+                        help='replay sync-free inserts from CUDA graphs (default: on CUDA)')
     parser.add_argument('--sync-samples', type=int, default=20,
                         help='frames (spread over the run) whose host syncs are counted')
     parser.add_argument('--json', help='write the results here')
     args = parser.parse_args()
     device = torch.device(args.device)
     sync_free = None if args.sync_free is None else bool(args.sync_free)
-    voxel_hash = VoxelHash(device, sync_free=sync_free)
+    voxel_hash = VoxelHash(device, sync_free=sync_free,
+                           use_graphs=None if args.graphs is None else bool(args.graphs))
 
-    timer = StageTimer(device)
+    def synchronized_ms(call, syncs: HostSyncCounter, counted: bool) -> float:
+        """Wall time of ``call()`` between two device synchronizations (ms).
+
+        ``counted``: add the call's host syncs (not the timing's own) to ``syncs``.
+        """
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with syncs.counting() if counted else contextlib.nullcontext():
+            call()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1e3
+
     insert_ms, lookup_ms, new_keys = [], [], []
     insert_syncs, lookup_syncs = HostSyncCounter(device), HostSyncCounter(device)
     sample_every = max(args.frames // max(args.sync_samples, 1), 1)
@@ -70,21 +90,17 @@ def main() -> None:
         keys = voxel_keys(frame_points(index, args, device), VOXEL_SIZE_M)
         before = voxel_hash.num_slots
         counted = index % sample_every == sample_every - 1
-        # The timer's own device syncs lie outside the counted block.
-        with timer.scope('insert'), (insert_syncs.counting() if counted
-                                     else contextlib.nullcontext()):
-            voxel_hash.insert(keys)
-        insert_ms.append(timer.last_ms['insert'])
+        insert_ms.append(synchronized_ms(lambda: voxel_hash.insert(keys), insert_syncs,
+                                         counted))
         new_keys.append(voxel_hash.num_slots - before)
-        with timer.scope('lookup'), (lookup_syncs.counting() if counted
-                                     else contextlib.nullcontext()):
-            voxel_hash.lookup(keys)
-        lookup_ms.append(timer.last_ms['lookup'])
+        lookup_ms.append(synchronized_ms(lambda: voxel_hash.lookup(keys), lookup_syncs,
+                                         counted))
     window = min(args.window, args.frames)
     samples = len(range(sample_every - 1, args.frames, sample_every))
     result = {
         'device': str(device), 'frames': args.frames, 'pixels': args.width * args.height,
-        'sync_free': voxel_hash.sync_free, 'slots': voxel_hash.num_slots,
+        'sync_free': voxel_hash.sync_free, 'graphs': voxel_hash.graph_stats,
+        'slots': voxel_hash.num_slots,
         'table_size': voxel_hash.table_size, 'window': voxel_hash.window,
         'new_keys_per_frame_p50': statistics.median(new_keys),
         'insert': latency_summary(insert_ms[1:]), 'lookup': latency_summary(lookup_ms[1:]),

@@ -106,11 +106,14 @@ class VoxelHash:
 
     def __init__(self, device: Union[str, torch.device] = 'cpu',
                  initial_capacity: int = 1 << 16, max_load: float = 0.5,
-                 sync_free: Optional[bool] = None) -> None:
+                 sync_free: Optional[bool] = None, use_graphs: Optional[bool] = None) -> None:
         """Create an empty hash that holds ``initial_capacity`` keys before its first growth.
 
         ``sync_free`` (default: on CUDA) masks finished work instead of compacting it, which
         avoids host syncs but does more arithmetic; on the CPU compaction costs nothing.
+        ``use_graphs`` (default: sync-free on CUDA) replays the sync-free insert's work up
+        to its read from a CUDA graph per input shape (see ``_InsertGraph``); with
+        ``use_graphs`` on the CPU the same static-buffer path runs eagerly (tests).
         """
         if initial_capacity < 1:
             raise ValueError(f'initial_capacity must be >= 1, got {initial_capacity}')
@@ -120,7 +123,13 @@ class VoxelHash:
         self.max_load = max_load
         self._initial_capacity = int(initial_capacity)
         self.sync_free = self.device.type == 'cuda' if sync_free is None else bool(sync_free)
+        self.use_graphs = (self.sync_free and self.device.type == 'cuda' if use_graphs is None
+                           else bool(use_graphs) and self.sync_free)
         self._rounds_per_check = _ROUNDS_PER_CHECK if self.sync_free else 1
+        # Captured inserts by (keys, has valid, extra values); None: the shape ran once
+        # eagerly (warm-up), the next call captures.
+        self._insert_graphs: Dict[Tuple[int, bool, int], Optional['_InsertGraph']] = {}
+        self.graph_stats = {'replays': 0, 'captures': 0}
         self.reset()
 
     def reset(self) -> None:
@@ -141,6 +150,7 @@ class VoxelHash:
                                       device=self.device)
         self._table_slots = torch.full_like(self._table_keys, -1)
         self._window = 1
+        self._insert_graphs.clear()
 
     @property
     def num_slots(self) -> int:
@@ -218,7 +228,7 @@ class VoxelHash:
         absent = torch.nonzero(slots < 0).squeeze(1)
         sorted_keys, order_of_absent = torch.sort(run_keys[absent], stable=True)
         order = absent[order_of_absent]
-        new = self._number_new_keys(sorted_keys, order)
+        new = self._number_new_keys(sorted_keys, order, self._num_slots)
         num_new, has_negative = torch.stack(
             (new.count, (run_keys < 0).any().to(torch.int64))).tolist()
         if has_negative:
@@ -235,40 +245,22 @@ class VoxelHash:
         Every entry is looked up and sorted, with finished or invalid entries masked
         instead of compacted. The new keys are placed (a few rounds) before their number is
         known: the first ``_placement_bound`` of them in slot order, a bound that follows
-        the recent calls' counts. One read then returns their number, the placement
-        progress, the negative-key check and the caller's ``extra`` together. Whatever
-        that read says is left to do (load, displacement, keys waiting or past the bound,
-        negative keys) is settled as ``_append`` would: a rehash, or more placement
-        rounds.
+        the recent calls' counts (all of them when the work is replayed from a graph, whose
+        shapes are fixed). One read then returns their number, the placement progress, the
+        negative-key check and the caller's ``extra`` together. Whatever that read says is
+        left to do (load, displacement, keys waiting or past the bound, negative keys) is
+        settled as ``_append`` would: a rehash, or more placement rounds.
         """
         n = flat.numel()
-        home = _hash(flat, self.table_size - 1)
-        slots = self._window_lookup(flat, home)
-        candidate = slots < 0 if valid is None else (slots < 0) & valid
-        negative = (candidate & (flat < 0)).any()
-        candidate &= flat >= 0
-        sorted_keys, order = torch.sort(torch.where(candidate, flat, _NO_KEY), stable=True)
-        new = self._number_new_keys(sorted_keys, order)
-        slots[order] = torch.where(new.is_new, new.slot_of_sorted, slots[order])
-        if valid is not None:
-            # Masked-out entries may hold any key, present ones included.
-            slots = torch.where(valid, slots, -1)
-        # The new keys in slot order; ranks past their count hold _NO_KEY and stay unplaced.
-        first_seen = new.first_seen
-        is_rank = first_seen < n
-        entry = first_seen.clamp(max=n - 1)
-        new_keys = torch.where(is_rank, flat[entry], _NO_KEY)
         first_slot = self._num_slots
         self._reserve_slots(first_slot + n)
-        self._slot_keys[first_slot:first_slot + n] = new_keys
-        bound = min(n, self._placement_bound)
-        # The lookup's home buckets serve the placement (padding ranks are settled).
-        placement = self._claim(new_keys[:bound], torch.arange(
-            first_slot, first_slot + bound, device=self.device),
-            settled=~is_rank[:bound], home=home[entry[:bound]])
-        read = torch.stack((new.count, negative.to(torch.int64),
-                            *placement.progress(self.table_size)))
-        values = (torch.cat((read, extra)) if extra.numel() else read).tolist()
+        if self.use_graphs:
+            launched = self._launch_from_graph(flat, valid, extra)
+            bound = n
+        else:
+            bound = min(n, self._placement_bound)
+            launched = self._launch_insert(flat, valid, extra, first_slot, bound)
+        values = launched.read.tolist()
         num_new, has_negative, waiting, farthest = values[:4]
         if has_negative:
             self._rehash(self.table_size)  # drops this call's placements
@@ -278,21 +270,76 @@ class VoxelHash:
                                     self._placement_bound // 2)
         if needed > self.max_load * self.table_size:
             self._rehash(_next_power_of_two(needed / self.max_load))
-        elif not self._settle(placement, waiting, farthest):
+        elif not self._settle(launched.placement, waiting, farthest):
             self._rehash(2 * self.table_size)
-        elif num_new > bound and not self._place(
-                new_keys[bound:num_new], torch.arange(first_slot + bound, needed,
-                                                      device=self.device)):
+        elif num_new > bound and not self._place(launched.new_keys[bound:num_new],
+                                                 launched.new_slots[bound:num_new]):
             self._rehash(2 * self.table_size)
-        return slots, values[4:]
+        return launched.slots, values[4:]
 
-    def _number_new_keys(self, sorted_keys: torch.Tensor, order: torch.Tensor) -> '_NewKeys':
+    def _launch_insert(self, flat: torch.Tensor, valid: Optional[torch.Tensor],
+                       extra: torch.Tensor, first_slot: Union[int, torch.Tensor],
+                       bound: int) -> '_LaunchedInsert':
+        """Queue the sync-free insert's work up to its read; no host sync, fixed shapes.
+
+        ``first_slot``: the slot of the first new key, an int or an int64 device scalar
+        (graphs); the slot-key buffer must hold ``first_slot + n`` slots. The first
+        ``bound`` new keys in slot order are placed (``_rounds_per_check`` rounds). The
+        table and the slot keys are written in place.
+        """
+        n = flat.numel()
+        home = _hash(flat, self.table_size - 1)
+        slots = self._window_lookup(flat, home)
+        candidate = slots < 0 if valid is None else (slots < 0) & valid
+        negative = (candidate & (flat < 0)).any()
+        candidate &= flat >= 0
+        sorted_keys, order = torch.sort(torch.where(candidate, flat, _NO_KEY), stable=True)
+        new = self._number_new_keys(sorted_keys, order, first_slot)
+        slots[order] = torch.where(new.is_new, new.slot_of_sorted, slots[order])
+        if valid is not None:
+            # Masked-out entries may hold any key, present ones included.
+            slots = torch.where(valid, slots, -1)
+        # The new keys in slot order; ranks past their count hold _NO_KEY and stay unplaced.
+        first_seen = new.first_seen
+        is_rank = first_seen < n
+        entry = first_seen.clamp(max=n - 1)
+        new_keys = torch.where(is_rank, flat[entry], _NO_KEY)
+        new_slots = first_slot + torch.arange(n, device=self.device)
+        self._slot_keys.index_copy_(0, new_slots, new_keys)
+        # The lookup's home buckets serve the placement (padding ranks are settled).
+        placement = self._claim(new_keys[:bound], new_slots[:bound], settled=~is_rank[:bound],
+                                home=home[entry[:bound]])
+        read = torch.cat((torch.stack((new.count, negative.to(torch.int64),
+                                       *placement.progress(self.table_size))), extra))
+        return _LaunchedInsert(slots, new_keys, new_slots, placement, read)
+
+    def _launch_from_graph(self, flat: torch.Tensor, valid: Optional[torch.Tensor],
+                           extra: torch.Tensor) -> '_LaunchedInsert':
+        """``_launch_insert`` of all new keys, replayed from the graph of this input shape.
+
+        The first call of a shape runs eagerly (it warms the operators up); the second
+        captures. Only the returned slots survive the next replay.
+        """
+        shape = (flat.numel(), valid is not None, extra.numel())
+        graph = self._insert_graphs.get(shape, False)
+        if graph is False:
+            self._insert_graphs[shape] = None
+            return self._launch_insert(flat, valid, extra, self._num_slots, flat.numel())
+        if graph is None:
+            graph = self._insert_graphs[shape] = _InsertGraph(self, *shape)
+            self.graph_stats['captures'] += 1
+        self.graph_stats['replays'] += 1
+        return graph.replay(flat, valid, extra, self._num_slots)
+
+    def _number_new_keys(self, sorted_keys: torch.Tensor, order: torch.Tensor,
+                         first_slot: Union[int, torch.Tensor]) -> '_NewKeys':
         """Slots for the distinct keys among ``sorted_keys`` (``_NO_KEY`` = not new).
 
         Args:
             sorted_keys: int64 ``(m,)`` keys, stably sorted, ``_NO_KEY`` for entries that
                 are not new (they sort last).
             order: int64 ``(m,)`` entry index of each sorted key (the stable sort's order).
+            first_slot: slot of the first new key (int, or int64 device scalar).
 
         Returns:
             ``_NewKeys``: ``is_new`` and ``slot_of_sorted`` (m,) per sorted entry;
@@ -311,7 +358,7 @@ class VoxelHash:
         by_first_seen = torch.argsort(first_seen[:m])
         rank = torch.empty_like(by_first_seen)
         rank[by_first_seen] = torch.arange(m, device=self.device)
-        slot_of_sorted = self._num_slots + rank[new_of_sorted.clamp(min=0)]
+        slot_of_sorted = first_slot + rank[new_of_sorted.clamp(min=0)]
         return _NewKeys(is_new, slot_of_sorted, first_seen[by_first_seen], starts.sum())
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -333,6 +380,7 @@ class VoxelHash:
                                 device=self.device)
             grown[:self._num_slots] = self.keys
             self._slot_keys = grown
+            self._insert_graphs.clear()  # they write the former buffer
 
     def _append(self, new_keys: torch.Tensor) -> None:
         """Give distinct, absent ``new_keys`` the next slots, in order, and place them."""
@@ -445,7 +493,9 @@ class VoxelHash:
         """
         while farthest < _MAX_DISPLACEMENT:
             if waiting == 0:
-                self._window = max(self._window, farthest + 1)
+                if farthest + 1 > self._window:
+                    self._window = farthest + 1
+                    self._insert_graphs.clear()  # their lookups scan the former window
                 return True
             # Only the keys still waiting go on (their number is known now).
             keep = torch.nonzero(~placement.placed).squeeze(1)
@@ -480,3 +530,65 @@ class _Placement(NamedTuple):
         """Device scalars: keys still waiting, and the farthest displacement so far."""
         displacement = (self.bucket - self.home) & (table_size - 1)
         return (~self.placed).sum(), torch.maximum(self.start, displacement).max()
+
+
+class _LaunchedInsert(NamedTuple):
+    """The sync-free insert's state at its read (``VoxelHash._launch_insert``).
+
+    ``slots``, ``new_keys`` (slot order, ``_NO_KEY`` past the new ones) and ``new_slots``
+    int64 ``(n,)``; the placement of the first ``bound`` new keys; ``read``: the int64
+    device vector to read (count, negative flag, placement progress, extra values).
+    """
+
+    slots: torch.Tensor
+    new_keys: torch.Tensor
+    new_slots: torch.Tensor
+    placement: _Placement
+    read: torch.Tensor
+
+
+class _InsertGraph:
+    """``VoxelHash._launch_insert`` of one input shape, captured in a CUDA graph.
+
+    The insert is launch-bound (about 200 small kernels per call); a replay launches them
+    at once. The graph writes the hash's table and slot-key buffer in place, so the hash
+    drops its graphs whenever it replaces either or widens its lookup window. Inputs are
+    copied into static buffers, the first new slot included (a device scalar). Only the
+    slots outlive the call, so only they are cloned out. Without CUDA the same buffers run
+    ``_launch_insert`` eagerly per call.
+    """
+
+    def __init__(self, voxel_hash: VoxelHash, size: int, has_valid: bool,
+                 extra_size: int) -> None:
+        device = voxel_hash.device
+        self._hash = voxel_hash
+        self._keys = torch.zeros(size, dtype=torch.int64, device=device)
+        self._valid = torch.zeros(size, dtype=torch.bool, device=device) if has_valid else None
+        self._extra = torch.zeros(extra_size, dtype=torch.int64, device=device)
+        self._first_slot = torch.zeros((), dtype=torch.int64, device=device)
+        self._graph = None
+        self._outputs: Optional[_LaunchedInsert] = None
+        if device.type == 'cuda':
+            self._graph = torch.cuda.CUDAGraph()
+            # Capturing records the kernels without running them: the hash is unchanged.
+            with torch.cuda.graph(self._graph):
+                self._outputs = self._launch()
+
+    def _launch(self) -> _LaunchedInsert:
+        return self._hash._launch_insert(self._keys, self._valid, self._extra,
+                                         self._first_slot, self._keys.numel())
+
+    def replay(self, keys: torch.Tensor, valid: Optional[torch.Tensor], extra: torch.Tensor,
+               first_slot: int) -> _LaunchedInsert:
+        """Run the insert's work for these inputs; the slots are a copy, the rest static."""
+        self._keys.copy_(keys, non_blocking=True)
+        if self._valid is not None:
+            self._valid.copy_(valid, non_blocking=True)
+        self._extra.copy_(extra, non_blocking=True)
+        self._first_slot.fill_(first_slot)
+        if self._graph is None:
+            outputs = self._launch()
+        else:
+            self._graph.replay()
+            outputs = self._outputs
+        return outputs._replace(slots=outputs.slots.clone())

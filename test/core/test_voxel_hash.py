@@ -248,3 +248,38 @@ def test_lookup_scans_only_the_window_the_inserts_needed(mode):
     displacement = (buckets - voxel_hash_module._hash(table_keys[buckets], mask)) & mask
     assert buckets.numel() == 3000
     assert int(displacement.max()) + 1 == voxel_hash.window
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_graph_replayed_inserts_match_eager_ones_through_growth(device):
+    generator = torch.Generator().manual_seed(7)
+    replayed = VoxelHash(device, initial_capacity=64, sync_free=True, use_graphs=True)
+    eager = VoxelHash(device, initial_capacity=64, sync_free=True, use_graphs=False)
+    windows = set()
+    for step in range(36):
+        # Two input shapes (like a frame's pixels and a keyframe's lifted keys), the
+        # second with extra values read in the insert's sync.
+        size = 4096 if step % 2 == 0 else 1024
+        if step < 12 or step in (24, 25):  # the table grows, its window changes
+            reach = 40 + 3 * step
+            keys = pack_keys(torch.randint(-reach, reach, (size, 3),
+                                           generator=generator)).to(device)
+        else:  # keys seen before: the graphs are replayed
+            stored = eager.keys.cpu()
+            keys = stored[torch.randint(0, stored.numel(), (size,), generator=generator)]
+            keys = keys.to(device)
+        valid = (torch.rand(size, generator=generator) < 0.8).to(device)
+        extra = None if step % 2 == 0 else torch.arange(step, step + 3, device=device)
+        slots, extra_values = replayed.insert_reading(keys, valid, extra)
+        expected_slots, expected_extra = eager.insert_reading(keys, valid, extra)
+        assert torch.equal(slots, expected_slots)
+        assert extra_values == expected_extra
+        windows.add(replayed.window)
+    assert torch.equal(replayed.keys, eager.keys)
+    probe = pack_keys(torch.randint(-80, 80, (5000, 3), generator=generator)).to(device)
+    assert torch.equal(replayed.lookup(probe), eager.lookup(probe))
+    # Both shapes were captured, dropped when the table grew at steps 24-25 (a replay
+    # would have written the former table), and captured again.
+    assert len(windows) > 1
+    assert replayed.graph_stats['captures'] == 4 and replayed.graph_stats['replays'] >= 16
+    assert eager.graph_stats == {'replays': 0, 'captures': 0}
