@@ -252,6 +252,11 @@ class OnlineSegmenter:
         """CUDA-graph lifting counters (``GraphLifter.stats``); empty when lifting eagerly."""
         return dict(self._lifter.stats) if self._lifter is not None else {}
 
+    @property
+    def hash_graph_stats(self) -> Dict[str, int]:
+        """Voxel-hash inserts replayed from CUDA graphs and their captures (0 on the CPU)."""
+        return dict(self._hash.graph_stats)
+
     def summary(self) -> dict:
         """Map size, schedule counters and per-stage timing medians."""
         return {
@@ -265,4 +270,5 @@ class OnlineSegmenter:
             'device': str(self.device),
             'timings_ms': self.timer.summary(),
             'lifting_graph': self.lifting_stats,
+            'voxel_hash_graph': self.hash_graph_stats,
         }

@@ -27,6 +27,8 @@ _INSERT_WINDOW = 16
 _ROUNDS_PER_CHECK = 3
 # A key farther than this from its home bucket makes the table grow (lookups scan this far).
 _MAX_DISPLACEMENT = 64
+# Captured inserts scan the lookup window rounded up to a multiple of this.
+_GRAPH_WINDOW_STEP = 8
 # New keys placed before their count is read (sync-free insert), at least: twice the
 # recent calls' counts, halving per call, and never below this.
 _MIN_PLACEMENT_BOUND = 1 << 12
@@ -279,17 +281,18 @@ class VoxelHash:
 
     def _launch_insert(self, flat: torch.Tensor, valid: Optional[torch.Tensor],
                        extra: torch.Tensor, first_slot: Union[int, torch.Tensor],
-                       bound: int) -> '_LaunchedInsert':
+                       bound: int, window: Optional[int] = None) -> '_LaunchedInsert':
         """Queue the sync-free insert's work up to its read; no host sync, fixed shapes.
 
         ``first_slot``: the slot of the first new key, an int or an int64 device scalar
         (graphs); the slot-key buffer must hold ``first_slot + n`` slots. The first
         ``bound`` new keys in slot order are placed (``_rounds_per_check`` rounds). The
-        table and the slot keys are written in place.
+        lookup scans ``window`` buckets (default: ``self.window``). The table and the slot
+        keys are written in place.
         """
         n = flat.numel()
         home = _hash(flat, self.table_size - 1)
-        slots = self._window_lookup(flat, home)
+        slots = self._window_lookup(flat, home, window)
         candidate = slots < 0 if valid is None else (slots < 0) & valid
         negative = (candidate & (flat < 0)).any()
         candidate &= flat >= 0
@@ -325,8 +328,11 @@ class VoxelHash:
         if graph is False:
             self._insert_graphs[shape] = None
             return self._launch_insert(flat, valid, extra, self._num_slots, flat.numel())
-        if graph is None:
-            graph = self._insert_graphs[shape] = _InsertGraph(self, *shape)
+        if graph is None or graph.window < self._window:
+            # Captured lookups scan a window rounded up: it widens a bucket at a time as
+            # the table fills, and each capture synchronizes the device.
+            window = _GRAPH_WINDOW_STEP * -(-self._window // _GRAPH_WINDOW_STEP)
+            graph = self._insert_graphs[shape] = _InsertGraph(self, *shape, window)
             self.graph_stats['captures'] += 1
         self.graph_stats['replays'] += 1
         return graph.replay(flat, valid, extra, self._num_slots)
@@ -420,15 +426,18 @@ class VoxelHash:
             slots[searching] = self._window_lookup(keys[searching], home[searching])
         return slots
 
-    def _window_lookup(self, keys: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+    def _window_lookup(self, keys: torch.Tensor, home: torch.Tensor,
+                       window: Optional[int] = None) -> torch.Tensor:
         """Slots of int64 ``(n,)`` keys found within ``window`` buckets of home, else -1.
 
-        ``home``: int64 ``(n,)`` home bucket of each key (``_hash``).
+        ``home``: int64 ``(n,)`` home bucket of each key (``_hash``). ``window``: buckets
+        to scan, at least ``self.window`` (default); a wider scan finds the same slots.
         """
         mask = self.table_size - 1
-        offsets = torch.arange(self._window, device=self.device)
+        window = self._window if window is None else window
+        offsets = torch.arange(window, device=self.device)
         slots = torch.empty_like(keys)
-        chunk = max(_LOOKUP_ENTRIES // self._window, 1)
+        chunk = max(_LOOKUP_ENTRIES // window, 1)
         for start in range(0, keys.numel(), chunk):
             part = keys[start:start + chunk]
             window = (home[start:start + chunk, None] + offsets) & mask
@@ -493,9 +502,8 @@ class VoxelHash:
         """
         while farthest < _MAX_DISPLACEMENT:
             if waiting == 0:
-                if farthest + 1 > self._window:
-                    self._window = farthest + 1
-                    self._insert_graphs.clear()  # their lookups scan the former window
+                # Graphs whose lookups scan less are recaptured when next used.
+                self._window = max(self._window, farthest + 1)
                 return True
             # Only the keys still waiting go on (their number is known now).
             keep = torch.nonzero(~placement.placed).squeeze(1)
@@ -552,16 +560,18 @@ class _InsertGraph:
 
     The insert is launch-bound (about 200 small kernels per call); a replay launches them
     at once. The graph writes the hash's table and slot-key buffer in place, so the hash
-    drops its graphs whenever it replaces either or widens its lookup window. Inputs are
+    drops its graphs whenever it replaces either; a graph whose lookups scan ``window``
+    buckets serves while the hash's window is no wider. Inputs are
     copied into static buffers, the first new slot included (a device scalar). Only the
     slots outlive the call, so only they are cloned out. Without CUDA the same buffers run
     ``_launch_insert`` eagerly per call.
     """
 
     def __init__(self, voxel_hash: VoxelHash, size: int, has_valid: bool,
-                 extra_size: int) -> None:
+                 extra_size: int, window: int) -> None:
         device = voxel_hash.device
         self._hash = voxel_hash
+        self.window = window
         self._keys = torch.zeros(size, dtype=torch.int64, device=device)
         self._valid = torch.zeros(size, dtype=torch.bool, device=device) if has_valid else None
         self._extra = torch.zeros(extra_size, dtype=torch.int64, device=device)
@@ -576,7 +586,7 @@ class _InsertGraph:
 
     def _launch(self) -> _LaunchedInsert:
         return self._hash._launch_insert(self._keys, self._valid, self._extra,
-                                         self._first_slot, self._keys.numel())
+                                         self._first_slot, self._keys.numel(), self.window)
 
     def replay(self, keys: torch.Tensor, valid: Optional[torch.Tensor], extra: torch.Tensor,
                first_slot: int) -> _LaunchedInsert:

@@ -318,6 +318,8 @@ class SegmentationNode(Node):
         values.update(device_memory_bytes(segmenter.device))
         values.update({f'lifting_graph_{name}': count
                        for name, count in segmenter.lifting_stats.items()})
+        values.update({f'voxel_hash_graph_{name}': count
+                       for name, count in segmenter.hash_graph_stats.items()})
         stages = dict(segmenter.timer.summary())
         stages.update(self.timer.summary())
         self.diagnostics.publish(stages, values)

@@ -109,6 +109,8 @@ def test_cuda_graph_lifting_builds_the_same_masks_as_eager_lifting(room):
     assert graph.lifting_stats['replays'] >= len(frames)
     assert graph.lifting_stats['fallbacks'] == 0 and eager.lifting_stats == {}
     assert graph.num_voxels == eager.num_voxels
+    # The voxel-hash inserts (frames' pixels, keyframes' lifted voxels) replay graphs too.
+    assert graph.hash_graph_stats['replays'] > graph.hash_graph_stats['captures'] > 0
 
 
 def test_launched_lifting_builds_the_same_map_as_eager_lifting(room):
