@@ -7,6 +7,7 @@ not depend on any hash-map internals, so it never changes when a table rehashes.
 """
 
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+import warnings
 
 import torch
 
@@ -332,7 +333,15 @@ class VoxelHash:
             # Captured lookups scan a window rounded up: it widens a bucket at a time as
             # the table fills, and each capture synchronizes the device.
             window = _GRAPH_WINDOW_STEP * -(-self._window // _GRAPH_WINDOW_STEP)
-            graph = self._insert_graphs[shape] = _InsertGraph(self, *shape, window)
+            try:
+                graph = self._insert_graphs[shape] = _InsertGraph(self, *shape, window)
+            except RuntimeError as error:
+                # A driver or an operator that graphs do not support: launch op by op.
+                self.use_graphs = False
+                self._insert_graphs.clear()
+                warnings.warn(f'VoxelHash: CUDA graph capture failed, inserting without '
+                              f'graphs from now on ({error})', RuntimeWarning)
+                return self._launch_insert(flat, valid, extra, self._num_slots, flat.numel())
             self.graph_stats['captures'] += 1
         self.graph_stats['replays'] += 1
         return graph.replay(flat, valid, extra, self._num_slots)
@@ -561,10 +570,10 @@ class _InsertGraph:
     The insert is launch-bound (about 200 small kernels per call); a replay launches them
     at once. The graph writes the hash's table and slot-key buffer in place, so the hash
     drops its graphs whenever it replaces either; a graph whose lookups scan ``window``
-    buckets serves while the hash's window is no wider. Inputs are
-    copied into static buffers, the first new slot included (a device scalar). Only the
-    slots outlive the call, so only they are cloned out. Without CUDA the same buffers run
-    ``_launch_insert`` eagerly per call.
+    buckets serves while the hash's window is no wider. Inputs are copied into static
+    buffers, the first new slot included (a device scalar). Only the slots outlive the
+    call, so only they are cloned out. Without CUDA the same buffers run ``_launch_insert``
+    eagerly per call. A failed capture makes the hash warn once and insert without graphs.
     """
 
     def __init__(self, voxel_hash: VoxelHash, size: int, has_valid: bool,

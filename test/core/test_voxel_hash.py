@@ -283,3 +283,22 @@ def test_graph_replayed_inserts_match_eager_ones_through_growth(device):
     assert len(windows) > 1
     assert replayed.graph_stats['captures'] == 4 and replayed.graph_stats['replays'] >= 16
     assert eager.graph_stats == {'replays': 0, 'captures': 0}
+
+
+def test_a_failed_graph_capture_warns_and_inserts_without_graphs(monkeypatch):
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError('operation not permitted when stream is capturing')
+
+    monkeypatch.setattr(voxel_hash_module, '_InsertGraph', failing_capture)
+    replayed = VoxelHash('cpu', sync_free=True, use_graphs=True)
+    eager = VoxelHash('cpu', sync_free=True, use_graphs=False)
+    generator = torch.Generator().manual_seed(9)
+    keys = pack_keys(torch.randint(-20, 20, (3000, 3), generator=generator))
+    assert torch.equal(replayed.insert(keys), eager.insert(keys))  # the eager warm-up call
+    with pytest.warns(RuntimeWarning, match='capture failed'):
+        slots = replayed.insert(keys.flip(0))
+    assert torch.equal(slots, eager.insert(keys.flip(0)))
+    assert not replayed.use_graphs and replayed.graph_stats['captures'] == 0
+    more = pack_keys(torch.randint(-30, 30, (3000, 3), generator=generator))
+    assert torch.equal(replayed.insert(more), eager.insert(more))
+    assert torch.equal(replayed.keys, eager.keys)
