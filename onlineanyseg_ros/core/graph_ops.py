@@ -51,17 +51,26 @@ def run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def bounded_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``(k,)`` sums of ``values[bounds[i]:bounds[i + 1]]`` for non-decreasing ``bounds``.
+
+    ``values`` ``(n,)`` bool, int or float (bool sums are int64); ``bounds`` int64
+    ``(k + 1,)`` in ``[0, n]``. Prefix sums read at the bounds: an ``index_add_`` over
+    sorted segment ids would serialize its atomics on CUDA, one address per segment. Float
+    sums then differ from sums in entry order by the prefix's rounding.
+    """
+    prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
+    sums = prefix.index_select(0, bounds)
+    return sums[1:] - sums[:-1]
+
+
 def segment_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Int64 ``(k,)`` sums of ``k`` consecutive segments of int64 or bool ``values`` ``(n,)``.
 
     Segment ``i`` holds the next ``lengths[i]`` entries (``lengths.sum() == n``), as
-    ``expand_segments`` lays them out. Prefix sums read at the segment ends: an
-    ``index_add_`` over the (sorted) segment ids would serialize its atomics on CUDA, one
-    address per segment.
+    ``expand_segments`` lays them out (``bounded_sums`` at the segment ends).
     """
-    prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
-    ends = torch.cumsum(lengths, 0)
-    return prefix[ends] - prefix[ends - lengths]
+    return bounded_sums(values, torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)))
 
 
 def sorted_counts(sorted_values: torch.Tensor, size: int) -> torch.Tensor:

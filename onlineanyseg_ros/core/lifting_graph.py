@@ -35,8 +35,8 @@ import warnings
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import (_squared_norm, count_values, expand_segments,
-                                             run_starts)
+from onlineanyseg_ros.core.graph_ops import (_squared_norm, bounded_sums, count_values,
+                                             expand_segments, run_starts)
 from onlineanyseg_ros.core.lifting import (_forward_offsets, _window_candidates,
                                            DROP_REASONS, lattice_hits, lift_masks, LiftedFrame,
                                            window_squared)
@@ -222,20 +222,11 @@ def _mask_bounds(sorted_codes: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_counts(bounds: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of codes with ``_mask_bounds``."""
-    return _mask_sums(bounds, flags.to(torch.int64))
+    """Int64 ``(LABEL_CAPACITY,)`` set ``flags`` per mask of codes with ``_mask_bounds``.
 
-
-def _mask_sums(bounds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``(LABEL_CAPACITY,)`` sums of ``values`` per mask of codes with ``_mask_bounds``.
-
-    Prefix sums at the bounds, without atomics (which would serialize on the few masks of
-    a frame). Float sums differ from sums in entry order by the prefix's rounding (about
-    1e-16 of the frame's total).
+    ``bounded_sums``: atomics would serialize on the few masks of a frame.
     """
-    prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
-    sums = prefix.index_select(0, bounds)
-    return sums[1:] - sums[:-1]
+    return bounded_sums(flags.to(torch.int64), bounds)
 
 
 def _runs(sorted_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -441,9 +432,11 @@ def lift_padded(points_world: torch.Tensor, valid: torch.Tensor, labels: torch.T
             capacities)
         positive = keep & (mean_distance > 0)
         per_mask = kept_per_mask.to(torch.float64)
-        cloud_mean = _mask_sums(cell_bounds, torch.where(positive, mean_distance, 0.0)) / per_mask
-        squares = _mask_sums(cell_bounds, torch.where(
-            positive, (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2, 0.0))
+        cloud_mean = bounded_sums(torch.where(positive, mean_distance, 0.0),
+                                  cell_bounds) / per_mask
+        squares = bounded_sums(torch.where(
+            positive, (mean_distance - cloud_mean.index_select(0, cell_mask)) ** 2, 0.0),
+            cell_bounds)
         threshold = cloud_mean + config.outlier_std_ratio * torch.sqrt(squares / (per_mask - 1))
         inlier = positive & (mean_distance < threshold.index_select(0, cell_mask))
     else:

@@ -39,9 +39,9 @@ import torch
 
 from onlineanyseg_ros.core import merging
 from onlineanyseg_ros.core.config import SegmenterConfig
-from onlineanyseg_ros.core.graph_ops import (connected_components, count_values,
-                                             expand_segments, run_starts, segment_sums,
-                                             sorted_counts)
+from onlineanyseg_ros.core.graph_ops import (bounded_sums, connected_components,
+                                             count_values, expand_segments, run_starts,
+                                             segment_sums, sorted_counts)
 
 BITS_PER_WORD = 63
 _KEY_SHIFT = 40  # packed key (merged id << 40) | slot; slots stay below 2**40
@@ -484,8 +484,7 @@ class MaskGraph:
         """
         if self.device.type != 'cuda':
             return self._long(self._num_merged).index_add_(0, self._inc_mid, values)
-        prefix = torch.nn.functional.pad(torch.cumsum(values, 0), (1, 0))
-        return prefix[self._mask_ptr[1:]] - prefix[self._mask_ptr[:-1]]
+        return bounded_sums(values, self._mask_ptr)
 
     # ----------------------------------------------------------------- containment
 

@@ -7,10 +7,11 @@ from scipy.sparse.csgraph import connected_components as scipy_components
 from scipy.spatial import cKDTree
 import torch
 
-from onlineanyseg_ros.core.graph_ops import (_knn_sums_exhaustive, connected_components,
-                                             knn_mean_distance, lattice_neighbors,
-                                             lattice_offsets, radius_pairs, radius_search,
-                                             segment_mode, segment_sums, sorted_counts)
+from onlineanyseg_ros.core.graph_ops import (_knn_sums_exhaustive, bounded_sums,
+                                             connected_components, knn_mean_distance,
+                                             lattice_neighbors, lattice_offsets, radius_pairs,
+                                             radius_search, segment_mode, segment_sums,
+                                             sorted_counts)
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
@@ -242,6 +243,12 @@ def test_segment_sums_and_sorted_counts_match_scatter_adds(device):
     assert torch.equal(sorted_counts(owner, lengths.numel()), lengths)
     assert torch.equal(sorted_counts(owner, lengths.numel() + 2),
                        torch.cat((lengths, lengths.new_zeros(2))))
+    # Bounds that skip entries (padding) before the first and after the last range.
+    real = torch.as_tensor(rng.random(owner.numel()), device=device)
+    padded = torch.cat((real.new_full((2,), 7.0), real, real.new_full((3,), 9.0)))
+    bounds = 2 + torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0))
+    torch.testing.assert_close(bounded_sums(padded, bounds),
+                               real.new_zeros(lengths.numel()).index_add_(0, owner, real))
     empty = torch.zeros(0, dtype=torch.int64, device=device)
     assert torch.equal(segment_sums(empty, torch.zeros(2, dtype=torch.int64, device=device)),
                        torch.zeros(2, dtype=torch.int64, device=device))
