@@ -35,6 +35,7 @@ import warnings
 import torch
 
 from onlineanyseg_ros.core.config import SegmenterConfig
+from onlineanyseg_ros.core.cuda_graphs import capture
 from onlineanyseg_ros.core.graph_ops import (_squared_norm, bounded_sums, count_values,
                                              expand_segments, run_starts)
 from onlineanyseg_ros.core.lifting import (_forward_offsets, _window_candidates,
@@ -817,7 +818,7 @@ class GraphLifter:
             lift_padded(*self._inputs, self.config, self.capacities)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with capture(graph, self.device):
             self._outputs = lift_padded(*self._inputs, self.config, self.capacities)
         self._graph = graph
         self.stats['captures'] += 1

@@ -11,6 +11,8 @@ import warnings
 
 import torch
 
+from onlineanyseg_ros.core.cuda_graphs import capture
+
 COORD_BITS = 21
 COORD_OFFSET = 1 << (COORD_BITS - 1)
 COORD_MASK = (1 << COORD_BITS) - 1
@@ -590,7 +592,7 @@ class _InsertGraph:
         if device.type == 'cuda':
             self._graph = torch.cuda.CUDAGraph()
             # Capturing records the kernels without running them: the hash is unchanged.
-            with torch.cuda.graph(self._graph):
+            with capture(self._graph, device):
                 self._outputs = self._launch()
 
     def _launch(self) -> _LaunchedInsert:
