@@ -17,7 +17,7 @@ import torch
 from onlineanyseg_ros.core.config import config_from_dict, config_to_dict, SegmenterConfig
 from onlineanyseg_ros.core.descriptors import make_descriptor
 from onlineanyseg_ros.core.export import export_instances, ExportedMap
-from onlineanyseg_ros.core.geometry import as_tensor, backproject, camera_center
+from onlineanyseg_ros.core.geometry import as_tensor, Backprojector, camera_center
 from onlineanyseg_ros.core.greedy_merger import GreedyOverlapMerger
 from onlineanyseg_ros.core.lifting import lift_masks, LiftedFrame
 from onlineanyseg_ros.core.lifting_graph import GraphLifter, PendingLift, supports
@@ -59,6 +59,8 @@ class OnlineSegmenter:
     def _configure(self) -> None:
         """Build what depends on the config only (descriptor, lifter), then reset the map."""
         self._descriptor = make_descriptor(self.config, self.device)
+        self._backprojector = Backprojector(self.config.depth_near_m, self.config.depth_far_m,
+                                            self.device)
         # The lifter's graph and capacities depend on the image size, not on the map.
         self._lifter = (GraphLifter(self.config, self.device)
                         if self.config.cuda_graph_lifting and self.device.type == 'cuda'
@@ -104,8 +106,7 @@ class OnlineSegmenter:
                              f'{frame.depth.shape}')
         color = as_tensor(frame.color, self.device, torch.uint8)
         with self.timer.scope('backproject'):
-            points, valid = backproject(frame.depth, frame.K, frame.T_world_camera,
-                                        config.depth_near_m, config.depth_far_m, self.device)
+            points, valid = self._backprojector(frame.depth, frame.K, frame.T_world_camera)
         lifted = pending = None
         if masks is not None:
             labels = as_tensor(masks.labels, self.device, torch.int64)
@@ -257,6 +258,11 @@ class OnlineSegmenter:
         """Voxel-hash inserts replayed from CUDA graphs and their captures (0 on the CPU)."""
         return dict(self._hash.graph_stats)
 
+    @property
+    def backproject_graph_stats(self) -> Dict[str, int]:
+        """Back-projections replayed from CUDA graphs and their captures (0 on the CPU)."""
+        return dict(self._backprojector.stats)
+
     def summary(self) -> dict:
         """Map size, schedule counters and per-stage timing medians."""
         return {
@@ -271,4 +277,5 @@ class OnlineSegmenter:
             'timings_ms': self.timer.summary(),
             'lifting_graph': self.lifting_stats,
             'voxel_hash_graph': self.hash_graph_stats,
+            'backproject_graph': self.backproject_graph_stats,
         }

@@ -320,6 +320,8 @@ class SegmentationNode(Node):
                        for name, count in segmenter.lifting_stats.items()})
         values.update({f'voxel_hash_graph_{name}': count
                        for name, count in segmenter.hash_graph_stats.items()})
+        values.update({f'backproject_graph_{name}': count
+                       for name, count in segmenter.backproject_graph_stats.items()})
         stages = dict(segmenter.timer.summary())
         stages.update(self.timer.summary())
         self.diagnostics.publish(stages, values)
