@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         print(f'{name:<{width}}{row["count"]:>7}{row["p50_ms"]:>10.1f}{row["p95_ms"]:>10.1f}'
               f'{row["total_ms"] / 1e3:>10.2f}')
     print(f'voxel-hash graphs: {segmenter.hash_graph_stats}; lifting graph: '
-          f'{segmenter.lifting_stats}')
+          f'{segmenter.lifting_stats}; back-projection graphs: '
+          f'{segmenter.backproject_graph_stats}')
     print(f'{keyframes} keyframes, {segmenter.merge_rounds} merge rounds, '
           f'{segmenter.num_merged_masks} merged masks, {segmenter.num_voxels} voxels, '
           f'{exported.num_instances} instances, {wall_s:.1f} s total '

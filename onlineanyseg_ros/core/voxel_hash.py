@@ -333,7 +333,7 @@ class VoxelHash:
             return self._launch_insert(flat, valid, extra, self._num_slots, flat.numel())
         if graph is None or graph.window < self._window:
             # Captured lookups scan a window rounded up: it widens a bucket at a time as
-            # the table fills, and each capture synchronizes the device.
+            # the table fills, and each capture costs host time.
             window = _GRAPH_WINDOW_STEP * -(-self._window // _GRAPH_WINDOW_STEP)
             try:
                 graph = self._insert_graphs[shape] = _InsertGraph(self, *shape, window)
